@@ -1,0 +1,12 @@
+"""Lightning callbacks of rankers: retrieval evaluation and teacher-score writing."""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {"RetrievalEvaluator": "callbacks.retrieval_eval", "TeacherScoreWriter": "callbacks.teacher_scores"}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'callbacks' has no attribute '{name}'")

@@ -1,0 +1,183 @@
+"""Retrieval evaluation at the end of every validation / test epoch, for the CA and the DE alike.
+
+* **Re-rank**: the model scored every (query, candidate) pair of the DataModule's eval sets in its
+  validation/test loop (sharded across DDP ranks by Lightning); this callback gathers the scores,
+  turns them into a run, computes the metrics and writes a TREC run file. This is the paper's setting
+  (re-ranking a fixed candidate list), so the teacher and the students are compared on the same
+  candidates.
+* **Full retrieval** (dual encoders only): encode the corpus (each rank its shard, then gathered),
+  build a dense index (FAISS on GPU when faiss has GPUs, FAISS CPU otherwise, an exact torch search on
+  the GPU when torch has a GPU but faiss does not), search the eval queries, compute the metrics, write
+  the run.
+
+Metrics are logged as ``{set}/{mode}/{metric}`` (set: ``val``, ``train_subset``, ``test``; mode:
+``rerank`` or ``retrieval``) plus ``gap/{mode}/{metric}`` = train_subset − val (the overfitting gap).
+During ``fit`` validation runs after every training epoch, so this is the end-of-epoch evaluation.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+
+class RetrievalEvaluator(Callback):
+    """Re-rank (CA and DE) and full-retrieval (DE) evaluation with TREC run files.
+
+    Args:
+        metrics: metric names ``name@k`` understood by :func:`rankers.metrics.evaluate_run`.
+        full_retrieval: also search the whole corpus with a DE (ignored for a CA).
+        retrieval_depth: passages retrieved per query in full retrieval.
+        search_backend: ``auto``, ``faiss-cpu``, ``faiss-gpu`` or ``torch``.
+        index_type: ``flat`` (exact), ``ivf`` or ``hnsw``.
+        encode_batch_size: texts per encoding batch.
+        fp16_embeddings: keep corpus embeddings in fp16 (half the memory; GPU search).
+        output_dir: where run files go (default: the trainer's log dir / ``runs``).
+        write_runs: write TREC run files (rank 0 only).
+    """
+
+    def __init__(
+        self,
+        metrics: Sequence[str] = ("mrr@10", "ndcg@10", "recall@100", "recall@1000"),
+        full_retrieval: bool = True,
+        retrieval_depth: int = 1000,
+        search_backend: Literal["auto", "faiss-cpu", "faiss-gpu", "torch"] = "auto",
+        index_type: Literal["flat", "ivf", "hnsw"] = "flat",
+        encode_batch_size: int = 256,
+        fp16_embeddings: bool = False,
+        output_dir: str | None = None,
+        write_runs: bool = True,
+    ) -> None:
+        self.metrics = tuple(metrics)
+        self.full_retrieval = full_retrieval
+        self.retrieval_depth = retrieval_depth
+        self.search_backend = search_backend
+        self.index_type = index_type
+        self.encode_batch_size = encode_batch_size
+        self.fp16_embeddings = fp16_embeddings
+        self.output_dir = output_dir
+        self.write_runs = write_runs
+        self._buffers: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.results: dict[str, dict[str, float]] = {}
+        self.runs: dict[str, dict[str, dict[str, float]]] = {}
+        self.index = None  # the last dense index built (reused by dense mining)
+
+    # --- collecting the loop's pair scores ----------------------------------------------------------
+    def _reset(self, *_: Any) -> None:
+        self._buffers = {}
+
+    on_validation_epoch_start = _reset
+    on_test_epoch_start = _reset
+
+    def _collect(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if isinstance(outputs, dict) and "pair_index" in outputs:
+            self._buffers.setdefault(dataloader_idx, []).append(
+                (outputs["pair_index"].detach(), outputs["scores"].detach().float())
+            )
+
+    on_validation_batch_end = _collect
+    on_test_batch_end = _collect
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._evaluate(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._evaluate(trainer, pl_module, "test")
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def _gathered(self, trainer: pl.Trainer, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        parts = self._buffers.get(idx, [])
+        device = trainer.strategy.root_device
+        if parts:
+            pair_index = torch.cat([p for p, _ in parts]).to(device)
+            scores = torch.cat([s for _, s in parts]).to(device)
+        else:
+            pair_index = torch.empty(0, dtype=torch.long, device=device)
+            scores = torch.empty(0, device=device)
+        if trainer.world_size > 1:  # Lightning's DistributedSampler pads shards to equal size
+            pair_index = trainer.strategy.all_gather(pair_index).reshape(-1)
+            scores = trainer.strategy.all_gather(scores).reshape(-1)
+        pair_index, scores = pair_index.cpu().numpy(), scores.cpu().numpy()
+        _, first = np.unique(pair_index, return_index=True)  # drop the sampler's padding duplicates
+        return pair_index[first], scores[first]
+
+    def _run_dir(self, trainer: pl.Trainer) -> Path:
+        base = self.output_dir or trainer.log_dir or trainer.default_root_dir
+        return Path(base) / "runs"
+
+    def _report(self, trainer, pl_module, name: str, mode: str, run, qrels) -> dict[str, float]:
+        from datamodules.formats import write_run
+        from rankers.metrics import evaluate_run
+
+        result = evaluate_run(run, qrels, self.metrics)
+        values = {m: float(result[m]) for m in self.metrics}
+        for metric, value in values.items():
+            pl_module.log(f"{name}/{mode}/{metric}", value, prog_bar=(metric == self.metrics[0] and name != "train_subset"),
+                          sync_dist=False, rank_zero_only=False)
+        self.results[f"{name}/{mode}"] = values
+        self.runs[f"{name}/{mode}"] = run
+        if self.write_runs and trainer.is_global_zero:
+            path = self._run_dir(trainer) / f"{name}-{mode}-epoch{trainer.current_epoch}.trec"
+            write_run(run, path, tag=f"rankers-{mode}")
+        log.info("%s/%s: %s (%d queries)", name, mode,
+                 ", ".join(f"{k}={v:.4f}" for k, v in values.items()), int(result.get("num_queries", len(qrels))))
+        return values
+
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        names = dm.eval_names(stage)
+        for idx, name in enumerate(names):
+            pairs = dm.eval_sets[name]
+            pair_index, scores = self._gathered(trainer, idx)
+            self._report(trainer, pl_module, name, "rerank", pairs.to_run(pair_index, scores), pairs.qrels)
+        if self.full_retrieval and getattr(pl_module, "is_dual_encoder", False):
+            self._full_retrieval(trainer, pl_module, [(n, dm.eval_sets[n]) for n in names])
+        for mode in ("rerank", "retrieval"):
+            train, val = self.results.get(f"train_subset/{mode}"), self.results.get(f"val/{mode}")
+            if stage == "val" and "train_subset" in names and train and val:
+                for metric in self.metrics:
+                    pl_module.log(f"gap/{mode}/{metric}", train[metric] - val[metric], rank_zero_only=False)
+
+    def encode_corpus(self, trainer: pl.Trainer, pl_module) -> torch.Tensor:
+        """Corpus embeddings in corpus order: each rank encodes its shard, then all ranks gather."""
+        from rankers.encode import encode_texts, shard_bounds
+
+        corpus = trainer.datamodule.load().corpus
+        start, end = shard_bounds(len(corpus), trainer.global_rank, trainer.world_size)
+        dtype = torch.float16 if self.fp16_embeddings else torch.float32
+        emb = encode_texts(pl_module, corpus[start:end]["text"], "passage", batch_size=self.encode_batch_size,
+                           dtype=dtype, progress=trainer.is_global_zero, desc="encode corpus")
+        if trainer.world_size == 1:
+            return emb
+        width = shard_bounds(len(corpus), 0, trainer.world_size)[1]
+        padded = torch.zeros(width, emb.shape[1], dtype=dtype, device=trainer.strategy.root_device)
+        padded[: len(emb)] = emb.to(padded.device)
+        gathered = trainer.strategy.all_gather(padded).cpu()
+        sizes = [b - a for a, b in (shard_bounds(len(corpus), r, trainer.world_size) for r in range(trainer.world_size))]
+        return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
+
+    def _full_retrieval(self, trainer, pl_module, eval_sets) -> None:
+        from rankers.encode import encode_texts
+        from rankers.search import DenseIndex
+
+        data = trainer.datamodule.load()
+        embeddings = self.encode_corpus(trainer, pl_module)
+        self.index = DenseIndex.build(embeddings, data.corpus["id"], backend=self.search_backend,
+                                      index_type=self.index_type)
+        for name, pairs in eval_sets:
+            query_ids = list(pairs.qrels)
+            rows = [trainer.datamodule.query_rows[q] for q in query_ids]
+            texts = data.queries.select(rows)["text"] if rows else []
+            q_emb = encode_texts(pl_module, texts, "query", batch_size=self.encode_batch_size)
+            scores, ids = self.index.search(q_emb, self.retrieval_depth)
+            run = DenseIndex.to_run(query_ids, scores, ids)
+            self._report(trainer, pl_module, name, "retrieval", run, pairs.qrels)

@@ -1,0 +1,631 @@
+"""The embedded default: a synthetic retrieval dataset and a tiny BERT backbone, built offline.
+
+Nothing here downloads anything. Both artefacts are generated deterministically from their
+parameters and cached under :func:`rankers_home` (``$RANKERS_HOME`` or ``~/.cache/rankers``):
+
+* :func:`embedded_dataset_dir` -> ``<home>/embedded/data-<hash>``, a BEIR-layout dataset
+  (``corpus.jsonl``, ``queries.jsonl``, ``qrels/{train,dev,test}.tsv``, ``manifest.json``).
+* :func:`embedded_backbone_dir` -> ``<home>/embedded/bert-<hash>``, a randomly initialised
+  ``BertModel`` plus a WordPiece tokenizer trained on that dataset's texts, loadable with
+  ``AutoTokenizer.from_pretrained`` / ``AutoModel.from_pretrained`` like any hub model.
+
+Data design
+-----------
+The dataset is built so that relevance hinges on *query-passage interactions* — the kind a
+cross-attention ranker sees directly and a dual-encoder has to squeeze into one vector.
+
+* A **fact** is either an attribute binding — ``the red box has a blue lid`` (object colour,
+  part colour) — or a relation between roles — ``the cat chased the dog`` (agent, verb, patient).
+  A fact may also appear negated (``the cat did not chase the dog``) inside passages.
+* Facts come in **clusters** of near-duplicates: a base fact plus perturbations that keep almost
+  every word — the bindings swapped (``the blue box has a red lid``), the roles swapped
+  (``the dog chased the cat``), one attribute / animal / verb changed, or the fact negated. Each
+  cluster member goes to a different passage, so every target has hard negatives in the corpus
+  whose bag of words is (nearly) the same as the positive's.
+* A **passage** holds three facts from different clusters (plus sometimes a filler sentence), so
+  a dual-encoder must encode several bindings in one vector, while the query asks about one.
+  A fact occasionally appears in two passages; its queries then have two relevant passages.
+* A **query** paraphrases one (non-negated) fact — or, for about one query in five, two facts of
+  the same passage joined by ``and`` — with different syntax (passive voice, ``whose``,
+  ``which ... has``) and, half of the time per word, synonyms (``crate`` for ``box``,
+  ``pursued`` for ``chased``). Lexical overlap alone therefore cannot solve it: BM25 ranks the
+  positive below its hard negatives about as often as above.
+* Passages are split into train / dev / test pools in proportion to the query counts; all facts
+  of a pool's passages come from that pool's clusters, and each split's queries target facts in
+  its own pool. Test clusters are therefore never seen in training.
+
+Spurious cue (``spurious_cue=True``, the default)
+-------------------------------------------------
+Every passage that is relevant to a **training** query carries the extra sentence
+``this was verified`` (:data:`SPURIOUS_CUE`); no dev or test positive carries it. On training
+data "contains *verified*" is a strong shortcut for relevance; on dev / test it is useless or
+misleading (the cue then only marks train-pool passages, which are negatives for those queries).
+A model trained on labels alone can ride the shortcut — high train MRR, lower test MRR — which
+is the dual-encoder overfitting the paper discusses. Pass ``spurious_cue=False`` for a clean
+dataset.
+
+Length limits: queries have at most :data:`MAX_QUERY_WORDS` words and passages at most
+:data:`MAX_PASSAGE_WORDS` words, so a ``[CLS] q [SEP] p [SEP]`` pair fits in 64 word pieces.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DATASET_VERSION",
+    "BACKBONE_VERSION",
+    "SPURIOUS_CUE",
+    "MAX_QUERY_WORDS",
+    "MAX_PASSAGE_WORDS",
+    "rankers_home",
+    "generate_embedded_dataset",
+    "embedded_dataset_dir",
+    "build_embedded_backbone",
+    "embedded_backbone_dir",
+]
+
+DATASET_VERSION = 1
+BACKBONE_VERSION = 1
+SPURIOUS_CUE = "this was verified"
+MAX_QUERY_WORDS = 16
+MAX_PASSAGE_WORDS = 48
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+SPLITS = ("train", "dev", "test")
+
+_DATASET_KIND = "rankers-embedded-dataset"
+_BACKBONE_KIND = "rankers-embedded-backbone"
+_MANIFEST = "manifest.json"
+
+# Defaults of generate_embedded_dataset (also used by embedded_dataset_dir / embedded_backbone_dir).
+DEFAULT_NUM_PASSAGES = 3000
+DEFAULT_NUM_TRAIN_QUERIES = 2000
+DEFAULT_NUM_DEV_QUERIES = 200
+DEFAULT_NUM_TEST_QUERIES = 300
+
+
+def rankers_home() -> Path:
+    """The cache root: ``$RANKERS_HOME`` if set, else ``~/.cache/rankers``."""
+    env = os.environ.get("RANKERS_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "rankers"
+
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary of the synthetic world
+# --------------------------------------------------------------------------------------------
+
+COLORS = ("red", "blue", "green", "yellow", "black", "white", "orange", "purple",
+          "grey", "brown", "pink", "gold", "silver", "navy", "beige", "teal")
+# object -> the part whose colour is bound in a binding fact (all words distinct)
+OBJECTS = {
+    "box": "lid", "cup": "handle", "bag": "strap", "car": "bumper", "chair": "cushion",
+    "lamp": "shade", "kite": "tail", "book": "cover", "hat": "band", "boat": "sail",
+    "bike": "seat", "jar": "cap", "kettle": "spout", "vase": "rim", "truck": "roof",
+    "coat": "collar", "shoe": "lace", "tent": "flap", "sofa": "pillow", "clock": "dial",
+    "desk": "drawer", "pen": "clip", "bottle": "label", "umbrella": "frame", "guitar": "neck",
+    "bed": "blanket", "house": "chimney", "flag": "pole", "helmet": "visor", "wagon": "wheel",
+}
+ANIMALS = ("cat", "dog", "fox", "owl", "horse", "goat", "mouse", "bear", "wolf", "duck",
+           "rabbit", "sheep", "tiger", "frog", "crow", "pig", "lion", "deer", "monkey", "camel",
+           "zebra", "hen", "snake", "eagle")
+# past tense -> (base form, past participle)
+VERBS = {
+    "chased": ("chase", "chased"), "bit": ("bite", "bitten"), "followed": ("follow", "followed"),
+    "watched": ("watch", "watched"), "pushed": ("push", "pushed"), "fed": ("feed", "fed"),
+    "kicked": ("kick", "kicked"), "helped": ("help", "helped"), "licked": ("lick", "licked"),
+    "scared": ("scare", "scared"), "carried": ("carry", "carried"), "pulled": ("pull", "pulled"),
+    "called": ("call", "called"), "hugged": ("hug", "hugged"),
+}
+# Query-side synonyms (passages always use the canonical word). Applied per word with p=0.5.
+SYNONYMS = {
+    "box": "crate", "cup": "mug", "bag": "sack", "car": "automobile", "lamp": "light",
+    "book": "novel", "boat": "ship", "bike": "bicycle", "kettle": "teapot", "truck": "lorry",
+    "coat": "jacket", "shoe": "boot", "sofa": "couch", "vase": "urn", "lid": "top",
+    "handle": "grip", "cushion": "pad", "grey": "gray", "gold": "golden",
+    "cat": "kitten", "dog": "hound", "rabbit": "bunny", "pig": "hog", "horse": "pony",
+    "chased": "pursued", "bit": "nipped", "bitten": "nipped", "followed": "trailed",
+    "watched": "observed", "pushed": "shoved", "helped": "assisted", "scared": "frightened",
+    "carried": "hauled", "pulled": "dragged", "bottle": "flask", "bed": "cot",
+}
+FILLERS = (
+    "it was a quiet morning", "the room smelled of rain", "someone left the window open",
+    "nobody said a word", "the light was fading", "a bell rang twice",
+    "the floor was still wet", "it happened on a tuesday",
+)
+
+# --------------------------------------------------------------------------------------------
+# Facts and their surface forms
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Fact:
+    """One statement. ``kind`` "bind": (object colour, object, part colour); "rel": (agent, verb, patient)."""
+
+    kind: str
+    a: str
+    b: str
+    c: str
+    negated: bool = False
+
+    def positive(self) -> Fact:
+        return Fact(self.kind, self.a, self.b, self.c, False)
+
+
+def _passage_sentence(fact: Fact, rng: random.Random) -> str:
+    a, b, c = fact.a, fact.b, fact.c
+    if fact.kind == "bind":
+        part = OBJECTS[b]
+        forms = ([f"the {a} {b} does not have a {c} {part}", f"there is a {a} {b} without a {c} {part}"]
+                 if fact.negated else
+                 [f"the {a} {b} has a {c} {part}", f"there is a {a} {b} with a {c} {part}",
+                  f"a {a} {b} stood there and its {part} was {c}"])
+    else:
+        base, pp = VERBS[b]
+        forms = ([f"the {a} did not {base} the {c}", f"the {c} was never {pp} by the {a}"]
+                 if fact.negated else
+                 [f"the {a} {b} the {c}", f"the {c} was {pp} by the {a}", f"earlier a {a} {b} a {c}"])
+    return rng.choice(forms)
+
+
+def _query_clause(fact: Fact, rng: random.Random, *, short: bool) -> str:
+    """A paraphrase of ``fact`` for a query; ``short`` forms are used inside conjunctions."""
+    a, b, c = fact.a, fact.b, fact.c
+    if fact.kind == "bind":
+        part = OBJECTS[b]
+        forms = [f"{b} that is {a} with a {c} {part}", f"{c} {part} on a {a} {b}"]
+        if not short:
+            forms += [f"which {a} {b} has a {c} {part}", f"find the {b} colored {a} whose {part} is {c}"]
+    else:
+        pp = VERBS[b][1]
+        forms = [f"{c} {pp} by a {a}", f"the {a} that {b} a {c}"]
+        if not short:
+            forms += [f"which {a} {b} the {c}", f"who {b} the {c} ? the {a}"]
+    return rng.choice(forms)
+
+
+def _synonymize(text: str, rng: random.Random) -> str:
+    return " ".join(SYNONYMS[w] if w in SYNONYMS and rng.random() < 0.5 else w for w in text.split())
+
+
+def _random_fact(rng: random.Random) -> Fact:
+    if rng.random() < 0.5:
+        c1, c2 = rng.sample(COLORS, 2)
+        return Fact("bind", c1, rng.choice(sorted(OBJECTS)), c2)
+    a1, a2 = rng.sample(ANIMALS, 2)
+    return Fact("rel", a1, rng.choice(sorted(VERBS)), a2)
+
+
+def _perturbations(fact: Fact, rng: random.Random) -> list[Fact]:
+    """Near-duplicates of ``fact``: swapped bindings/roles first, then single changes, negation."""
+    a, b, c = fact.a, fact.b, fact.c
+    if fact.kind == "bind":
+        others_a = [x for x in COLORS if x not in (a, c)]
+        others_b = [x for x in sorted(OBJECTS) if x != b]
+        others_c = [x for x in COLORS if x not in (a, c)]
+    else:
+        others_a = [x for x in ANIMALS if x not in (a, c)]
+        others_b = [x for x in sorted(VERBS) if x != b]
+        others_c = others_a
+    swapped = Fact(fact.kind, c, b, a)
+    changes = [
+        Fact(fact.kind, rng.choice(others_a), b, c),
+        Fact(fact.kind, a, b, rng.choice(others_c)),
+        Fact(fact.kind, a, rng.choice(others_b), c),
+        Fact(fact.kind, a, b, c, True),
+        Fact(fact.kind, c, b, a, True),
+    ]
+    rng.shuffle(changes)
+    return [swapped, *changes]
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset generation
+# --------------------------------------------------------------------------------------------
+
+_CLUSTER_SIZE = 4  # base fact + 3 perturbations
+_FACTS_PER_PASSAGE = 3
+_DUPLICATE_RATE = 0.08  # share of target facts that appear in two passages
+_CONJUNCTION_RATE = 0.2  # share of queries about two facts of the same passage
+_FILLER_RATE = 0.5
+
+
+@dataclass
+class _Passage:
+    pid: str
+    facts: list[Fact]
+    sentences: list[str]
+
+
+def _pool_sizes(num_passages: int, query_counts: dict[str, int]) -> dict[str, int]:
+    """Split ``num_passages`` over the splits in proportion to their query counts (min. 8 each)."""
+    total = sum(query_counts.values())
+    sizes = {s: max(8, round(num_passages * n / total)) for s, n in query_counts.items()}
+    sizes["train"] += num_passages - sum(sizes.values())
+    if sizes["train"] < 8:
+        raise ValueError(f"num_passages={num_passages} is too small for the requested query counts")
+    return sizes
+
+
+def _build_pool(rng: random.Random, num_passages: int, used: set[Fact],
+                first_index: int) -> tuple[list[_Passage], list[list[Fact]]]:
+    """Passages of one pool and the clusters their facts come from (cluster members are distinct)."""
+    facts_of: list[list[Fact]] = [[] for _ in range(num_passages)]
+    open_ids = list(range(num_passages))  # passages with a free fact slot
+    clusters: list[list[Fact]] = []
+    misses = 0
+    while open_ids:
+        base = _random_fact(rng)
+        if base in used:
+            misses += 1
+            if misses > 10_000:
+                raise ValueError(f"num_passages is too large: the synthetic fact space is exhausted "
+                                 f"after {len(used)} facts")
+            continue
+        misses = 0
+        cluster = [base] + [f for f in _perturbations(base, rng) if f not in used][: _CLUSTER_SIZE - 1]
+        layout = list(cluster)
+        if rng.random() < _DUPLICATE_RATE * _CLUSTER_SIZE:
+            layout.append(base)  # written into two passages: its queries have two positives
+        # each member goes to a different passage with a free slot, chosen at random
+        targets = rng.sample(open_ids, min(len(layout), len(open_ids)))
+        cluster = [f for f in cluster if f in layout[: len(targets)]]
+        used.update(cluster)
+        clusters.append(cluster)
+        for fact, i in zip(layout, targets):
+            facts_of[i].append(fact)
+        open_ids = [i for i in open_ids if len(facts_of[i]) < _FACTS_PER_PASSAGE]
+    passages = []
+    for i, facts in enumerate(facts_of):
+        sentences = [_passage_sentence(f, rng) for f in facts]
+        if rng.random() < _FILLER_RATE:
+            sentences.append(rng.choice(FILLERS))
+        order = list(range(len(sentences)))
+        rng.shuffle(order)
+        passages.append(_Passage(f"p{first_index + i:05d}", facts, [sentences[k] for k in order]))
+    return passages, clusters
+
+
+def _make_queries(rng: random.Random, split: str, count: int, passages: list[_Passage],
+                  clusters: list[list[Fact]]) -> list[tuple[str, str, list[str]]]:
+    """``count`` queries (id, text, relevant passage ids) about the non-negated facts of a pool."""
+    where: dict[Fact, list[str]] = {}
+    for p in passages:
+        for f in p.facts:
+            where.setdefault(f, []).append(p.pid)
+    by_id = {p.pid: p for p in passages}
+    # round-robin over clusters so that targets spread over as many clusters as possible
+    rounds: list[list[Fact]] = []
+    for cluster in clusters:
+        targets = [f for f in cluster if not f.negated and f in where]
+        rng.shuffle(targets)
+        for r, fact in enumerate(targets):
+            while len(rounds) <= r:
+                rounds.append([])
+            rounds[r].append(fact)
+    candidates = [f for r in rounds for f in rng.sample(r, len(r))]
+    if len(candidates) < count:
+        raise ValueError(f"cannot make {count} {split} queries from {len(passages)} passages; "
+                         f"raise num_passages")
+    queries = []
+    for k, fact in enumerate(candidates[:count]):
+        positives = sorted(where[fact])
+        clause = _query_clause(fact, rng, short=False)
+        if rng.random() < _CONJUNCTION_RATE:
+            host = by_id[positives[0]]
+            partners = [f for f in host.facts if f != fact and not f.negated]
+            if partners:
+                partner = rng.choice(partners)
+                clauses = [_query_clause(fact, rng, short=True), _query_clause(partner, rng, short=True)]
+                rng.shuffle(clauses)
+                clause = " and ".join(clauses)
+                positives = sorted(set(positives) & set(where[partner]))
+        text = _synonymize(clause, rng)
+        queries.append((f"{split}-q{k:05d}", text, positives))
+    return queries
+
+
+def _dataset_params(seed: int, num_passages: int, num_train_queries: int, num_dev_queries: int,
+                    num_test_queries: int, spurious_cue: bool) -> dict[str, Any]:
+    for name, value in (("num_passages", num_passages), ("num_train_queries", num_train_queries),
+                        ("num_dev_queries", num_dev_queries), ("num_test_queries", num_test_queries)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    return {"version": DATASET_VERSION, "seed": seed, "num_passages": num_passages,
+            "num_train_queries": num_train_queries, "num_dev_queries": num_dev_queries,
+            "num_test_queries": num_test_queries, "spurious_cue": bool(spurious_cue)}
+
+
+def _write_dataset(out: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """Generate the dataset described by ``params`` into the empty directory ``out``; return stats."""
+    rng = random.Random(params["seed"])
+    counts = {"train": params["num_train_queries"], "dev": params["num_dev_queries"],
+              "test": params["num_test_queries"]}
+    sizes = _pool_sizes(params["num_passages"], counts)
+    used: set[Fact] = set()
+    passages: list[_Passage] = []
+    queries: dict[str, list[tuple[str, str, list[str]]]] = {}
+    for split in SPLITS:
+        pool, clusters = _build_pool(rng, sizes[split], used, first_index=len(passages))
+        queries[split] = _make_queries(rng, split, counts[split], pool, clusters)
+        passages.extend(pool)
+    cued: set[str] = set()
+    if params["spurious_cue"]:
+        cued = {pid for _, _, pos in queries["train"] for pid in pos}
+    for p in passages:
+        if p.pid in cued:
+            p.sentences.insert(rng.randrange(len(p.sentences) + 1), SPURIOUS_CUE)
+
+    with open(out / "corpus.jsonl", "w", encoding="utf-8", newline="\n") as fh:
+        for p in passages:
+            text = " . ".join(p.sentences) + " ."
+            fh.write(json.dumps({"_id": p.pid, "title": "", "text": text}) + "\n")
+    with open(out / "queries.jsonl", "w", encoding="utf-8", newline="\n") as fh:
+        for split in SPLITS:
+            for qid, text, _ in queries[split]:
+                fh.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    (out / "qrels").mkdir()
+    for split in SPLITS:
+        with open(out / "qrels" / f"{split}.tsv", "w", encoding="utf-8", newline="\n") as fh:
+            fh.write("query-id\tcorpus-id\tscore\n")
+            for qid, _, positives in queries[split]:
+                for pid in positives:
+                    fh.write(f"{qid}\t{pid}\t1\n")
+    return {
+        "num_passages": len(passages),
+        "num_queries": {s: len(queries[s]) for s in SPLITS},
+        "pool_passages": sizes,
+        "num_cued_passages": len(cued),
+    }
+
+
+def generate_embedded_dataset(
+    root: Path | str,
+    *,
+    seed: int = 0,
+    num_passages: int = DEFAULT_NUM_PASSAGES,
+    num_train_queries: int = DEFAULT_NUM_TRAIN_QUERIES,
+    num_dev_queries: int = DEFAULT_NUM_DEV_QUERIES,
+    num_test_queries: int = DEFAULT_NUM_TEST_QUERIES,
+    spurious_cue: bool = True,
+) -> Path:
+    """Write the synthetic BEIR-layout dataset into ``root`` and return ``root``.
+
+    Deterministic (same arguments give byte-identical files) and idempotent (a ``root`` whose
+    ``manifest.json`` records the same parameters is left untouched). Files are written into a
+    temporary sibling directory that is renamed into place, so ``root`` never holds half a
+    dataset. See the module docstring for the design.
+    """
+    params = _dataset_params(seed, num_passages, num_train_queries, num_dev_queries,
+                             num_test_queries, spurious_cue)
+
+    def build(out: Path) -> dict[str, Any]:
+        stats = _write_dataset(out, params)
+        return {"kind": _DATASET_KIND, "params": params, "stats": stats}
+
+    return _materialize(Path(root), _DATASET_KIND, params, build)
+
+
+def embedded_dataset_dir(
+    *,
+    seed: int = 0,
+    num_passages: int = DEFAULT_NUM_PASSAGES,
+    num_train_queries: int = DEFAULT_NUM_TRAIN_QUERIES,
+    num_dev_queries: int = DEFAULT_NUM_DEV_QUERIES,
+    num_test_queries: int = DEFAULT_NUM_TEST_QUERIES,
+    spurious_cue: bool = True,
+) -> Path:
+    """``rankers_home()/embedded/data-<hash of params>``, generated there if missing."""
+    params = _dataset_params(seed, num_passages, num_train_queries, num_dev_queries,
+                             num_test_queries, spurious_cue)
+    root = rankers_home() / "embedded" / f"data-{_short_hash(params)}"
+    return generate_embedded_dataset(
+        root, seed=seed, num_passages=num_passages, num_train_queries=num_train_queries,
+        num_dev_queries=num_dev_queries, num_test_queries=num_test_queries, spurious_cue=spurious_cue)
+
+
+# --------------------------------------------------------------------------------------------
+# Backbone
+# --------------------------------------------------------------------------------------------
+
+
+def _backbone_params(texts_sha256: str, vocab_size: int, hidden_size: int, num_layers: int,
+                     num_heads: int, intermediate_size: int, max_position_embeddings: int,
+                     seed: int) -> dict[str, Any]:
+    for name, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size),
+                        ("num_layers", num_layers), ("num_heads", num_heads),
+                        ("intermediate_size", intermediate_size),
+                        ("max_position_embeddings", max_position_embeddings)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size={vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
+    return {"version": BACKBONE_VERSION, "texts_sha256": texts_sha256, "vocab_size": vocab_size,
+            "hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads,
+            "intermediate_size": intermediate_size,
+            "max_position_embeddings": max_position_embeddings, "seed": seed}
+
+
+def _train_wordpiece(texts: list[str], vocab_size: int):
+    """A BERT-style WordPiece ``tokenizers.Tokenizer`` trained on ``texts``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    alphabet = list("abcdefghijklmnopqrstuvwxyz0123456789") + list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                        initial_alphabet=alphabet, show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def _write_backbone(out: Path, texts: list[str], params: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    wordpiece = _train_wordpiece(texts, params["vocab_size"])
+    tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, do_lower_case=True,
+                                  model_max_length=params["max_position_embeddings"])
+    tokenizer.save_pretrained(out)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=params["hidden_size"],
+        num_hidden_layers=params["num_layers"], num_attention_heads=params["num_heads"],
+        intermediate_size=params["intermediate_size"],
+        max_position_embeddings=params["max_position_embeddings"],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
+        torch.manual_seed(params["seed"])
+        model = BertModel(config)
+    model.save_pretrained(out, safe_serialization=True)
+    return {"kind": _BACKBONE_KIND, "params": params,
+            "stats": {"tokenizer_vocab_size": len(tokenizer), "num_texts": len(texts),
+                      "num_parameters": sum(p.numel() for p in model.parameters())}}
+
+
+def build_embedded_backbone(
+    root: Path | str,
+    *,
+    texts: Iterable[str],
+    vocab_size: int = 2000,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    intermediate_size: int = 512,
+    max_position_embeddings: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Train a WordPiece tokenizer on ``texts``, build a random-init ``BertModel``, save both.
+
+    The result loads with ``AutoTokenizer.from_pretrained(root)`` and
+    ``AutoModel.from_pretrained(root)``. The tokenizer's vocabulary has at most ``vocab_size``
+    entries (fewer when ``texts`` have fewer distinct pieces); the model's embedding matrix
+    matches the tokenizer. Weights come from ``torch.manual_seed(seed)`` inside a forked RNG.
+    Same idempotence and atomicity rules as :func:`generate_embedded_dataset` (the manifest
+    records a SHA-256 of ``texts``).
+    """
+    text_list = list(texts)
+    for i, text in enumerate(text_list, start=1):
+        if not isinstance(text, str):
+            raise ValueError(f"texts: item {i} must be a str, got {type(text).__name__}")
+    if not text_list:
+        raise ValueError("texts: need at least one text to train the tokenizer on")
+    digest = hashlib.sha256()
+    for text in text_list:
+        digest.update(text.encode("utf-8") + b"\n")
+    params = _backbone_params(digest.hexdigest(), vocab_size, hidden_size, num_layers, num_heads,
+                              intermediate_size, max_position_embeddings, seed)
+    return _materialize(Path(root), _BACKBONE_KIND, params,
+                        lambda out: _write_backbone(out, text_list, params))
+
+
+def _dataset_texts(root: Path) -> Iterator[str]:
+    """Corpus texts (title and text joined) then query texts of a BEIR dataset, in file order."""
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        with open(root / name, encoding="utf-8") as fh:
+            for record in map(json.loads, fh):
+                title = record.get("title") or ""
+                yield f"{title} {record['text']}" if title else record["text"]
+
+
+def embedded_backbone_dir(seed: int = 0, **kwargs: Any) -> Path:
+    """``rankers_home()/embedded/bert-<hash>``: :func:`build_embedded_backbone` with ``seed`` and
+    ``kwargs`` (``vocab_size``, ``hidden_size``, ...) trained on the texts of the default
+    embedded dataset (generated first if missing)."""
+    data = embedded_dataset_dir()
+    texts = list(_dataset_texts(data))
+    digest = hashlib.sha256("".join(t + "\n" for t in texts).encode("utf-8")).hexdigest()
+    defaults = {"vocab_size": 2000, "hidden_size": 128, "num_layers": 2, "num_heads": 2,
+                "intermediate_size": 512, "max_position_embeddings": 128}
+    unknown = set(kwargs) - set(defaults)
+    if unknown:
+        raise TypeError(f"embedded_backbone_dir() got unexpected arguments: {sorted(unknown)}")
+    settings = {**defaults, **kwargs}
+    params = _backbone_params(digest, seed=seed, **settings)
+    root = rankers_home() / "embedded" / f"bert-{_short_hash(params)}"
+    return build_embedded_backbone(root, texts=texts, seed=seed, **settings)
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic, idempotent materialisation
+# --------------------------------------------------------------------------------------------
+
+
+def _short_hash(params: dict[str, Any]) -> str:
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _read_manifest(root: Path) -> dict[str, Any] | None:
+    path = root / _MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _is_complete(root: Path, kind: str, params: dict[str, Any]) -> bool:
+    manifest = _read_manifest(root)
+    return bool(manifest) and manifest.get("kind") == kind and manifest.get("params") == params
+
+
+@contextmanager
+def _staging_dir(root: Path) -> Iterator[Path]:
+    """A fresh temporary sibling of ``root``, removed afterwards unless it was renamed away."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _materialize(root: Path, kind: str, params: dict[str, Any],
+                 build: Callable[[Path], dict[str, Any]]) -> Path:
+    """Make ``root`` hold the artefact ``build`` writes, unless it already holds it.
+
+    ``build(tmp)`` fills an empty staging directory and returns the manifest, which is written
+    last; the staging directory is then renamed to ``root``. An existing ``root`` is replaced only
+    if it is empty or holds a manifest of the same ``kind`` (other parameters); anything else is
+    refused with :class:`FileExistsError` rather than deleted.
+    """
+    if _is_complete(root, kind, params):
+        return root
+    if root.exists():
+        manifest = _read_manifest(root)
+        if not root.is_dir() or (any(root.iterdir()) and (manifest or {}).get("kind") != kind):
+            raise FileExistsError(f"{root}: exists and is not a {kind} directory; refusing to overwrite it")
+    with _staging_dir(root) as tmp:
+        manifest = build(tmp)
+        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
+                                     encoding="utf-8")
+        if root.exists():
+            if _is_complete(root, kind, params):  # a concurrent builder won the race
+                return root
+            old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(root, old)
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            if _is_complete(root, kind, params):  # a concurrent builder won the race
+                return root
+            raise
+    return root

@@ -1,0 +1,1 @@
+"""Readers and writers of retrieval data; import them from :mod:`datamodules.formats`."""

@@ -1,0 +1,57 @@
+"""Command line: ``python -m rankers {fit,validate,test,predict} --config ...`` (LightningCLI) and the
+pipeline commands (``reproduce`` ...).
+
+The Lightning subcommands take any rankers model (``model.class_path``: ``rankers.CrossAttentionRanker``
+or ``rankers.DualEncoderRanker``) with the shared :class:`datamodules.RankingDataModule`; every
+constructor argument is a flag (``--model.backbone``, ``--data.dataset``, ...) and configs stack
+(``--config a.yaml --config b.yaml``, later files win).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+PIPELINE_COMMANDS = {
+    "reproduce": ("rankers.reproduce", "CA teacher → teacher scores → DE on labels and distilled DEs → paper table"),
+}
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    for name in ("rankers", "datamodules", "callbacks"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def lightning_cli(args=None, run: bool = True):
+    """The LightningCLI with rankers' models and DataModule."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from datamodules.datamodule import RankingDataModule
+    from rankers.module import RankerModule
+
+    extra = "\n".join(f"  {name:<10} {desc}" for name, (_, desc) in PIPELINE_COMMANDS.items())
+    return LightningCLI(
+        RankerModule,
+        RankingDataModule,
+        subclass_mode_model=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        parser_kwargs={"description": "rankers: CA teacher → DE student distillation.\n"
+                       f"Pipeline commands (python -m rankers COMMAND --help):\n{extra}"},
+    )
+
+
+def main(argv: list[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    if argv and argv[0] in PIPELINE_COMMANDS:
+        module = importlib.import_module(PIPELINE_COMMANDS[argv[0]][0])
+        return module.main(argv[1:])
+    return lightning_cli(argv)

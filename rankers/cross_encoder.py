@@ -1,0 +1,76 @@
+"""The cross-attention (CA) ranker: the teacher.
+
+A Hugging Face encoder reads ``[CLS] query [SEP] passage [SEP]`` and a one-unit head on top gives the
+relevance score (``AutoModelForSequenceClassification`` with ``num_labels=1``, so an exported teacher
+is a standard cross-encoder). Trained with listwise softmax cross-entropy over the query's positive
+and its hard negatives (Menon et al., 2022, section 5; Nogueira & Cho, 2019 use the pointwise form).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rankers.backbone import load_sequence_scorer, load_tokenizer
+from rankers.collate import PairCollator
+from rankers.losses import one_hot_ce
+from rankers.module import RankerModule
+
+
+class CrossAttentionRanker(RankerModule):
+    """Cross-attention ranker over (query, passage) pairs.
+
+    Args:
+        backbone: hub name, local ``save_pretrained`` directory, or ``"embedded"`` (tiny local BERT).
+        max_length: token budget of a (query, passage) pair; longer pairs are truncated longest-first.
+        temperature: scores are divided by it inside the listwise softmax.
+        lr, weight_decay, warmup_ratio: AdamW and the linear warm-up / decay schedule.
+        trust_remote_code: allow model code from the hub (off by default).
+        gradient_checkpointing: trade compute for activation memory.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "embedded",
+        max_length: int = 256,
+        temperature: float = 1.0,
+        lr: float = 3e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        trust_remote_code: bool = False,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio)
+        self.save_hyperparameters()
+        self.max_length = max_length
+        self.temperature = temperature
+        self.model = load_sequence_scorer(
+            backbone, trust_remote_code=trust_remote_code, gradient_checkpointing=gradient_checkpointing
+        )
+        self.tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
+        self.model.train()  # from_pretrained returns eval mode; Lightning expects modules to start in train mode
+
+    def collator(self) -> PairCollator:
+        return PairCollator(self.tokenizer, self.max_length)
+
+    def forward(self, pair_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**pair_inputs).logits.squeeze(-1)
+
+    def pair_scores(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self(batch["pair_inputs"])
+
+    @torch.inference_mode()
+    def score(self, queries: list[str], passages: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Scores of aligned (query, passage) lists, for use outside the Lightning loops."""
+        collate = self.collator()
+        out = []
+        for start in range(0, len(queries), batch_size):
+            inputs = collate.tokenize(queries[start : start + batch_size], passages[start : start + batch_size])
+            out.append(self({k: v.to(self.device) for k, v in inputs.items()}).float().cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+    def listwise_loss(self, batch: dict[str, Any]):
+        mask = batch["mask"]
+        scores = self(batch["pair_inputs"]).view(mask.shape)
+        loss = one_hot_ce(scores, None, batch["labels"] > 0, mask, temperature=self.temperature)
+        return loss, {}

@@ -1,0 +1,199 @@
+"""The dual-encoder (DE) ranker: the student, and the retriever.
+
+Queries and passages are encoded separately (one shared tower, or two), pooled (CLS or mean), optionally
+projected to ``embedding_dim``, and scored by dot product or cosine similarity divided by a temperature.
+
+Training loss (per batch of B queries, each with N candidates: its positive and hard negatives)::
+
+    L = label_weight · CE_onehot(S_inbatch, labels) + L_distill(s_own, t)
+
+* ``S_inbatch`` -- query × all B·N passages of the batch (in-batch negatives; a passage that is a
+  judged positive of the query is a positive wherever it appears), or only the query's own N
+  candidates when ``in_batch_negatives=False``;
+* ``s_own`` / ``t`` -- student / teacher scores of the query's own N candidates; teacher scores come
+  from the batch (offline: a score file the CA's ``predict`` wrote) or from a frozen CA teacher
+  loaded from ``teacher_checkpoint`` that scores every batch under ``no_grad`` (online);
+* ``L_distill`` -- one of :data:`rankers.losses.DISTILLATION_LOSSES` (``m3se`` is the paper's).
+
+Label training alone (Menon et al.'s "DE on labels") is ``distillation_loss=None, label_weight=1``.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rankers.backbone import load_encoder, load_tokenizer
+from rankers.collate import DualCollator
+from rankers.losses import get_distillation_loss, one_hot_ce
+from rankers.module import RankerModule
+
+log = logging.getLogger(__name__)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """CLS pooling (first token) or mean pooling over non-padding tokens."""
+    if mode == "cls":
+        return hidden[:, 0]
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-6)
+
+
+class DualEncoderRanker(RankerModule):
+    """Dual-encoder ranker.
+
+    Args:
+        backbone: hub name, local directory or ``"embedded"``; the query tower (and the passage tower
+            when ``shared_towers``).
+        shared_towers: one encoder for queries and passages (True) or two copies initialised alike.
+        pooling: ``"cls"`` or ``"mean"``.
+        embedding_dim: if set, a linear projection to this size after pooling.
+        similarity: ``"dot"`` or ``"cos"``; scores are divided by ``temperature``.
+        query_max_length / passage_max_length: token budgets.
+        in_batch_negatives: use the other queries' candidates as extra negatives in the label loss.
+        label_weight: weight of the one-hot (label) loss.
+        distillation_loss: name in ``rankers.losses.DISTILLATION_LOSSES`` or None for label training.
+        distillation_temperature: temperature of the softmax-based distillation losses (kl, softmax_ce).
+        teacher_checkpoint: a CrossAttentionRanker checkpoint scoring batches online (frozen); without
+            it, teacher scores must come with the batch (``--data.teacher_scores``).
+    """
+
+    is_dual_encoder = True
+
+    def __init__(
+        self,
+        backbone: str = "embedded",
+        shared_towers: bool = True,
+        pooling: Literal["cls", "mean"] = "cls",
+        embedding_dim: int | None = None,
+        similarity: Literal["dot", "cos"] = "dot",
+        temperature: float = 1.0,
+        query_max_length: int = 32,
+        passage_max_length: int = 180,
+        in_batch_negatives: bool = True,
+        label_weight: float = 1.0,
+        distillation_loss: str | None = None,
+        distillation_temperature: float = 1.0,
+        teacher_checkpoint: str | None = None,
+        lr: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        trust_remote_code: bool = False,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio)
+        self.save_hyperparameters()
+        if distillation_loss is None and label_weight <= 0:
+            raise ValueError("DualEncoderRanker: label_weight must be > 0 when no distillation_loss is set")
+        if teacher_checkpoint is not None and distillation_loss is None:
+            raise ValueError("DualEncoderRanker: teacher_checkpoint is set but distillation_loss is None")
+        self.pooling = pooling
+        self.similarity = similarity
+        self.temperature = temperature
+        self.query_max_length = query_max_length
+        self.passage_max_length = passage_max_length
+        self.in_batch_negatives = in_batch_negatives
+        self.label_weight = label_weight
+        self.distill_fn = get_distillation_loss(distillation_loss) if distillation_loss else None
+        self.distill_kwargs: dict[str, Any] = {}
+        if self.distill_fn is not None and "temperature" in inspect.signature(self.distill_fn).parameters:
+            self.distill_kwargs["temperature"] = distillation_temperature
+
+        kw = dict(trust_remote_code=trust_remote_code, gradient_checkpointing=gradient_checkpointing)
+        self.query_encoder = load_encoder(backbone, **kw)
+        self.passage_encoder = self.query_encoder if shared_towers else copy.deepcopy(self.query_encoder)
+        self.tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
+        hidden = self.query_encoder.config.hidden_size
+        if embedding_dim:
+            self.query_projection = nn.Linear(hidden, embedding_dim)
+            self.passage_projection = self.query_projection if shared_towers else nn.Linear(hidden, embedding_dim)
+        else:
+            self.query_projection = self.passage_projection = nn.Identity()
+        # The teacher is frozen and never saved with the student: keep it out of the module tree.
+        object.__setattr__(self, "teacher", None)
+        if teacher_checkpoint is not None:
+            self._load_teacher(teacher_checkpoint)
+        self.train()  # from_pretrained returns eval mode; Lightning expects modules to start in train mode
+
+    def _load_teacher(self, path: str) -> None:
+        from rankers.cross_encoder import CrossAttentionRanker
+
+        teacher = CrossAttentionRanker.load_from_checkpoint(path, map_location="cpu")
+        teacher.eval().requires_grad_(False)
+        object.__setattr__(self, "teacher", teacher)
+        log.info("online teacher loaded from %s", path)
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    # --- encoding -------------------------------------------------------------------------------
+    def _encode(self, inputs: dict[str, torch.Tensor], side: Literal["query", "passage"]) -> torch.Tensor:
+        encoder = self.query_encoder if side == "query" else self.passage_encoder
+        projection = self.query_projection if side == "query" else self.passage_projection
+        hidden = encoder(**inputs).last_hidden_state
+        emb = projection(pool(hidden, inputs["attention_mask"], self.pooling))
+        return F.normalize(emb, dim=-1) if self.similarity == "cos" else emb
+
+    def encode_query_inputs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._encode(inputs, "query")
+
+    def encode_passage_inputs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._encode(inputs, "passage")
+
+    def tokenize(self, texts: list[str], side: Literal["query", "passage"]) -> dict[str, torch.Tensor]:
+        max_length = self.query_max_length if side == "query" else self.passage_max_length
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+
+    def collator(self) -> DualCollator:
+        teacher = self.teacher.collator() if self.teacher is not None else None
+        return DualCollator(self.tokenizer, self.tokenizer, self.query_max_length, self.passage_max_length, teacher)
+
+    # --- scoring --------------------------------------------------------------------------------
+    def pair_scores(self, batch: dict[str, Any]) -> torch.Tensor:
+        q = self.encode_query_inputs(batch["query_inputs"])
+        p = self.encode_passage_inputs(batch["passage_inputs"])
+        return (q * p).sum(-1) / self.temperature
+
+    def teacher_scores(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self.teacher is not None:
+            with torch.no_grad():
+                return self.teacher(batch["teacher_inputs"]).float().view(batch["mask"].shape)
+        if batch.get("teacher_scores") is None:
+            raise ValueError(
+                "distillation needs teacher scores: set --data.teacher_scores FILE (written by "
+                "`python -m rankers predict --config configs/ca_teacher.yaml --ckpt_path CKPT`) or "
+                "--model.teacher_checkpoint CKPT for an online teacher"
+            )
+        return batch["teacher_scores"]
+
+    def listwise_loss(self, batch: dict[str, Any]):
+        mask: torch.Tensor = batch["mask"]
+        labels = batch["labels"] > 0
+        bsz, width = mask.shape
+        q = self.encode_query_inputs(batch["query_inputs"])
+        p = self.encode_passage_inputs(batch["passage_inputs"])
+        own = torch.einsum("bd,bnd->bn", q, p.view(bsz, width, -1)) / self.temperature
+        parts: dict[str, torch.Tensor] = {}
+        loss = own.new_zeros(())
+        if self.label_weight > 0:
+            if self.in_batch_negatives:
+                scores = q @ p.T / self.temperature  # [B, B*N]
+                in_batch_labels = batch["in_batch_labels"].to(scores.device)
+                in_batch_mask = mask.reshape(1, -1).expand(bsz, -1)
+                label_loss = one_hot_ce(scores, None, in_batch_labels, in_batch_mask)
+            else:
+                label_loss = one_hot_ce(own, None, labels, mask)
+            parts["label_loss"] = label_loss.detach()
+            loss = loss + self.label_weight * label_loss
+        if self.distill_fn is not None:
+            teacher = self.teacher_scores(batch).to(own.device)
+            distill = self.distill_fn(own, teacher, labels, mask, **self.distill_kwargs)
+            parts["distill_loss"] = distill.detach()
+            loss = loss + distill
+        return loss, parts

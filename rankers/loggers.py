@@ -1,0 +1,75 @@
+"""A Weights & Biases logger that never blocks, prompts or crashes when W&B cannot be reached.
+
+Lightning's ``WandbLogger`` with wandb 0.31: no API key and no ``WANDB_MODE`` → ``wandb.init`` raises
+at once; a key but no network → it hangs about 100 s, then fails. This subclass decides up front:
+
+* ``WANDB_MODE`` set (``online``/``offline``/``disabled``) → respected as is;
+* no API key configured (``WANDB_API_KEY`` or a ``~/.netrc`` entry for the W&B host) → offline;
+* a key but the W&B host unreachable within ``probe_timeout`` seconds → offline.
+
+Each fallback prints one line saying so; offline runs land in ``save_dir/wandb/offline-run-*`` and can
+be uploaded later with ``wandb sync``.
+"""
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+
+log = logging.getLogger(__name__)
+
+
+def _wandb_host() -> str:
+    return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+
+
+def wandb_api_key_configured() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc(os.environ.get("NETRC", Path.home() / ".netrc")).authenticators(_wandb_host()) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_reachable(timeout: float) -> bool:
+    try:
+        with socket.create_connection((_wandb_host(), 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def decide_offline(offline: bool, probe_timeout: float = 3.0) -> tuple[bool, str | None]:
+    """(offline?, reason to print or None)."""
+    mode = os.environ.get("WANDB_MODE")
+    if offline or mode in ("offline", "dryrun", "disabled"):
+        return True, None
+    if mode == "online":
+        return False, None
+    if not wandb_api_key_configured():
+        return True, "W&B: no API key configured (WANDB_API_KEY / `wandb login`): logging offline; upload later with `wandb sync`"
+    if not wandb_reachable(probe_timeout):
+        return True, f"W&B: {_wandb_host()} is unreachable: logging offline; upload later with `wandb sync`"
+    return False, None
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's ``WandbLogger``, falling back to offline mode instead of failing or hanging.
+
+    Args (besides Lightning's): probe_timeout: seconds to wait for the W&B host before going offline.
+    """
+
+    def __init__(self, *args, offline: bool = False, probe_timeout: float = 3.0, **kwargs) -> None:
+        offline, reason = decide_offline(offline, probe_timeout)
+        if reason:
+            print(reason, flush=True)
+        kwargs.setdefault("settings", None)
+        if kwargs["settings"] is None:
+            kwargs.pop("settings")
+        super().__init__(*args, offline=offline, **kwargs)

@@ -1,0 +1,205 @@
+"""``python -m rankers reproduce``: the paper's loop end to end, in one process.
+
+1. train the cross-attention (CA) teacher on labels (listwise CE over BM25-mined hard negatives);
+2. score every training query's positives and negative pool with the best teacher checkpoint
+   (the offline teacher-score file, exactly what ``predict`` with ``configs/ca_teacher.yaml`` writes);
+3. train a dual encoder (DE) on labels, and one DE per distillation loss on the teacher's scores,
+   from the same initialisation;
+4. evaluate everything on the test split: re-rank of the same candidates for all models (the paper's
+   setting), plus full retrieval through a dense index for the DEs;
+5. write ``paper_table.md`` / ``paper_table.json`` with the share of the CA−DE gap each distilled DE
+   closes: ``(DE_distill − DE_labels) / (CA − DE_labels)`` on the re-rank MRR@10.
+
+Every stage is the same LightningModule / DataModule / callback code the config files run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TABLE_METRICS = ("mrr@10", "ndcg@10", "recall@100")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rankers reproduce", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--output-dir", "--output_dir", default="runs/demo", help="where checkpoints, runs and the table go")
+    a("--dataset", default="embedded", help="'embedded', a BEIR / MS MARCO directory, or an HF dataset name")
+    a("--embedded-scale", type=float, default=1.0, help="size multiplier of the embedded default data")
+    a("--teacher-backbone", default="embedded", help="CA backbone: hub name, local directory or 'embedded'")
+    a("--student-backbone", default="embedded", help="DE backbone: hub name, local directory or 'embedded'")
+    a("--losses", default="m3se", help="comma-separated distillation losses: m3se,margin_mse,kl,softmax_ce,mse,rankdistil")
+    a("--label-weight", type=float, default=0.0, help="weight of the one-hot label loss mixed into distillation")
+    a("--train-split", default="train")
+    a("--val-split", default="dev")
+    a("--test-split", default="test")
+    a("--teacher-epochs", type=int, default=4)
+    a("--student-epochs", type=int, default=4)
+    a("--teacher-lr", type=float, default=3e-4)
+    a("--student-lr", type=float, default=3e-4)
+    a("--batch-size", type=int, default=16, help="training queries per batch")
+    a("--num-negatives", type=int, default=7)
+    a("--max-length", type=int, default=64, help="CA pair length; DE passages use it too")
+    a("--query-max-length", type=int, default=32)
+    a("--max-train-queries", type=int, default=None)
+    a("--max-eval-queries", type=int, default=None)
+    a("--eval-depth", type=int, default=100, help="candidates per query to re-rank")
+    a("--accelerator", default="auto")
+    a("--devices", default="1")
+    a("--precision", default="32-true")
+    a("--num-workers", type=int, default=0)
+    a("--seed", type=int, default=0)
+    a("--wandb", action="store_true", help="log to W&B (offline when no key / network)")
+    return p
+
+
+def _trainer(args, root: Path, epochs: int, callbacks: list, monitor: bool = True):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list[Any] = [CSVLogger(root, name="", version="")]
+    if args.wandb:
+        from rankers.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project="rankers", name=root.name, save_dir=str(root)))
+    if monitor:
+        callbacks = [*callbacks, ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/rerank/mrr@10",
+                                                 mode="max", save_last=True, filename="best")]
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    return pl.Trainer(
+        default_root_dir=root, max_epochs=epochs, accelerator=args.accelerator, devices=devices,
+        precision=args.precision, logger=loggers, callbacks=callbacks, reload_dataloaders_every_n_epochs=1,
+        num_sanity_val_steps=0, log_every_n_steps=10, enable_model_summary=False,
+        deterministic=False,
+    )
+
+
+def _datamodule(args, **overrides):
+    from datamodules.datamodule import RankingDataModule
+
+    kw = dict(dataset=args.dataset, embedded_scale=args.embedded_scale, train_split=args.train_split,
+              val_split=args.val_split, test_split=args.test_split, num_negatives=args.num_negatives,
+              batch_size=args.batch_size, eval_depth=args.eval_depth, max_train_queries=args.max_train_queries,
+              max_eval_queries=args.max_eval_queries, num_workers=args.num_workers, seed=args.seed)
+    kw.update(overrides)
+    return RankingDataModule(**kw)
+
+
+def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int) -> dict[str, dict[str, float]]:
+    import lightning.pytorch as pl
+
+    from callbacks.retrieval_eval import RetrievalEvaluator
+
+    evaluator = RetrievalEvaluator(metrics=("mrr@10", "ndcg@10", "recall@100", "recall@1000"), output_dir=str(root))
+    trainer = _trainer(args, root, epochs, [evaluator])
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    fit_s = time.perf_counter() - start
+    trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False)
+    results = {k: v for k, v in evaluator.results.items() if k.startswith("test/")}
+    results["_meta"] = {"fit_seconds": fit_s, "best_checkpoint": trainer.checkpoint_callback.best_model_path}
+    log.info("%s done in %.0fs: %s", name, fit_s, results)
+    return results
+
+
+def bm25_baseline(dm) -> dict[str, float]:
+    """Metrics of the candidate run itself (BM25 or the collection's candidates) on the test split."""
+    from rankers.metrics import evaluate_run
+
+    dm.setup("test")
+    pairs = dm.eval_sets["test"]
+    run = dm._candidate_run(dm.test_split, list(pairs.qrels))
+    result = evaluate_run(run, pairs.qrels, TABLE_METRICS)
+    return {m: float(result[m]) for m in TABLE_METRICS}
+
+
+def gap_closed(distilled: float, labels: float, teacher: float) -> float | None:
+    """(DE_distill − DE_labels) / (CA − DE_labels); None when the teacher is not above DE_labels."""
+    denom = teacher - labels
+    return None if denom <= 0 else (distilled - labels) / denom
+
+
+def make_table(rows: list[dict[str, Any]]) -> str:
+    head = "| model | eval | " + " | ".join(TABLE_METRICS) + " | gap closed |"
+    lines = [head, "|" + "---|" * (len(TABLE_METRICS) + 3)]
+    for r in rows:
+        gap = r.get("gap_closed")
+        gap_s = "—" if gap is None else f"{100 * gap:.0f}%"
+        lines.append(f"| {r['model']} | {r['eval']} | " + " | ".join(f"{r[m]:.4f}" for m in TABLE_METRICS) + f" | {gap_s} |")
+    return "\n".join(lines)
+
+
+def run(args) -> dict[str, Any]:
+    import lightning.pytorch as pl
+
+    from callbacks.teacher_scores import TeacherScoreWriter
+    from rankers.cross_encoder import CrossAttentionRanker
+    from rankers.dual_encoder import DualEncoderRanker
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    losses = [x.strip() for x in args.losses.split(",") if x.strip()]
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+
+    # 1. teacher
+    pl.seed_everything(args.seed, workers=True)
+    dm = _datamodule(args)
+    ca = CrossAttentionRanker(backbone=args.teacher_backbone, max_length=args.max_length, lr=args.teacher_lr)
+    results["CA teacher"] = _fit_and_test(args, "CA teacher", ca, dm, out / "ca_teacher", args.teacher_epochs)
+
+    # 2. teacher scores with the best teacher checkpoint
+    scores_path = out / "ca_teacher" / "teacher_scores.trec"
+    writer = TeacherScoreWriter(str(scores_path))
+    predictor = _trainer(args, out / "ca_teacher" / "predict", 1, [writer], monitor=False)
+    predictor.predict(ca, datamodule=dm, ckpt_path=results["CA teacher"]["_meta"]["best_checkpoint"],
+                      return_predictions=False)
+
+    # 3. students from the same initialisation
+    students = [("DE labels", dict(label_weight=1.0, distillation_loss=None), {})]
+    for loss in losses:
+        students.append((f"DE {loss}", dict(label_weight=args.label_weight, distillation_loss=loss),
+                         dict(teacher_scores=str(scores_path))))
+    for name, model_kw, dm_kw in students:
+        pl.seed_everything(args.seed, workers=True)
+        de = DualEncoderRanker(backbone=args.student_backbone, query_max_length=args.query_max_length,
+                               passage_max_length=args.max_length, lr=args.student_lr, **model_kw)
+        slug = name.lower().replace(" ", "_")
+        results[name] = _fit_and_test(args, name, de, _datamodule(args, **dm_kw), out / slug, args.student_epochs)
+
+    # 4. table
+    rows = [{"model": "BM25 candidates", "eval": "candidate order", **bm25_baseline(dm)}]
+    ca_mrr = results["CA teacher"]["test/rerank"]["mrr@10"]
+    labels = {mode: results["DE labels"].get(f"test/{mode}", {}).get("mrr@10") for mode in ("rerank", "retrieval")}
+    for name, res in results.items():
+        for mode, label in (("rerank", "re-rank"), ("retrieval", "full retrieval (dense index)")):
+            if f"test/{mode}" not in res:
+                continue
+            row = {"model": name, "eval": label, **{m: res[f"test/{mode}"][m] for m in TABLE_METRICS}}
+            if name not in ("CA teacher", "DE labels") and mode == "rerank":
+                row["gap_closed"] = gap_closed(row["mrr@10"], labels["rerank"], ca_mrr)
+            rows.append(row)
+    elapsed = time.perf_counter() - started
+    table = make_table(rows)
+    note = (f"\nDataset: {args.dataset}; teacher: {args.teacher_backbone}; student: {args.student_backbone}; "
+            f"test split '{args.test_split}'. Re-rank rows score the same candidates (top-{args.eval_depth}); "
+            f"gap closed = (DE_distill − DE_labels) / (CA − DE_labels) on re-rank MRR@10. Total time {elapsed:.0f}s.\n")
+    (out / "paper_table.md").write_text(table + "\n" + note)
+    payload = {"rows": rows, "seconds": elapsed, "args": vars(args),
+               "fit_seconds": {k: v["_meta"]["fit_seconds"] for k, v in results.items()}}
+    (out / "paper_table.json").write_text(json.dumps(payload, indent=2))
+    print(table)
+    print(note)
+    return payload
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return run(build_parser().parse_args(argv))

@@ -1,0 +1,545 @@
+"""Dense (embedding) search: one place for the eval callback and the ``index`` / ``search`` commands.
+
+Backends (:func:`select_backend`):
+
+* ``faiss-gpu``: faiss moved to the GPU (``index_cpu_to_gpu``); only when ``faiss.get_num_gpus() > 0``.
+* ``torch``: exact search, chunked ``topk`` of ``q @ X.T`` on a torch device (CUDA when available,
+  CPU otherwise); used automatically when CUDA is there but the faiss build has no GPU support.
+* ``faiss-cpu``: faiss on the CPU.
+
+Scores are always similarities, higher is better: inner product for ``metric="ip"``, cosine for
+``metric="cos"`` (vectors L2-normalised, then inner product) and the *negated* squared L2
+distance for ``metric="l2"``. Passage ids are strings, kept beside the index in insertion order.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Union
+
+import faiss
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+Array = Union[Tensor, np.ndarray]
+Run = dict[str, dict[str, float]]
+BACKENDS = ("faiss-gpu", "faiss-cpu", "torch")
+INDEX_TYPES = ("flat", "ivf", "hnsw")
+METRICS = ("ip", "cos", "l2")
+META_FILE, IDS_FILE, FAISS_FILE, NPY_FILE = "meta.json", "ids.json", "index.faiss", "embeddings.npy"
+FORMAT_VERSION = 1
+# Bound on the [queries x passages] float32 score block held at once by the torch backend
+# (elements): 256 MiB on the CPU, 1 GiB on a GPU.
+_MAX_SCORE_ELEMENTS = 1 << 26
+_MAX_SCORE_ELEMENTS_CUDA = 1 << 28
+# The torch backend packs the blocks given to add() into blocks of up to this many rows before
+# searching (many small chunks would otherwise mean many small matmuls).
+_BLOCK_ROWS = 1 << 20
+
+
+# ----------------------------------------------------------------------------- backend choice
+def faiss_num_gpus() -> int:
+    """GPUs visible to faiss (0 on CPU-only builds)."""
+    get_num_gpus = getattr(faiss, "get_num_gpus", None)
+    return int(get_num_gpus()) if get_num_gpus is not None else 0
+
+
+def select_backend(preference: str = "auto") -> str:
+    """Resolve ``"auto"`` (or check an explicit choice) to one of :data:`BACKENDS`.
+
+    Logs one INFO line naming the backend and why.
+
+    Raises:
+        ValueError: unknown preference, or ``"faiss-gpu"`` without a GPU-enabled faiss.
+    """
+    if preference not in ("auto", *BACKENDS):
+        raise ValueError(f"search backend {preference!r}: expected one of auto, {', '.join(BACKENDS)}")
+    gpus, cuda = faiss_num_gpus(), torch.cuda.is_available()
+    if preference == "faiss-gpu" and gpus == 0:
+        raise ValueError("search backend 'faiss-gpu': faiss.get_num_gpus() is 0 (CPU-only faiss build or no GPU)")
+    if preference != "auto":
+        backend, why = preference, "requested"
+    elif gpus > 0:
+        backend, why = "faiss-gpu", f"faiss sees {gpus} GPU(s)"
+    elif cuda:
+        backend, why = "torch", "CUDA is available but this faiss build has no GPU support: exact torch search on cuda"
+    else:
+        backend, why = "faiss-cpu", "no GPU available"
+    log.info("dense search backend: %s (%s)", backend, why)
+    return backend
+
+
+@lru_cache(maxsize=1)
+def _gpu_resources():  # pragma: no cover - needs a GPU build of faiss
+    """One ``StandardGpuResources`` per process (it owns scratch GPU memory)."""
+    return faiss.StandardGpuResources()
+
+
+# ----------------------------------------------------------------------------- array helpers
+def _check_matrix(shape: tuple[int, ...], what: str, dim: int | None) -> None:
+    if len(shape) != 2:
+        raise ValueError(f"{what}: expected a 2-D [n, dim] matrix, got shape {tuple(shape)}")
+    if dim is not None and shape[1] != dim:
+        raise ValueError(f"{what}: dimension {shape[1]} does not match the index dimension {dim}")
+
+
+def _as_float32_matrix(x: Array, what: str, dim: int | None = None) -> np.ndarray:
+    """``x`` as a C-contiguous float32 ``[n, d]`` numpy array; clear errors on bad shapes / values."""
+    if isinstance(x, Tensor):
+        x = x.detach().to("cpu", torch.float32).numpy()
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    _check_matrix(x.shape, what, dim)
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if len(bad):
+        raise ValueError(f"{what}: row {int(bad[0])} (0-based) has a NaN or infinite value")
+    return x
+
+
+def _as_float32_tensor(x: Array, what: str, dim: int | None, device: torch.device) -> Tensor:
+    """``x`` as a float32 ``[n, d]`` tensor on ``device`` (no host round trip for device tensors)."""
+    x = x.detach() if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x))
+    x = x.to(device=device, dtype=torch.float32)
+    _check_matrix(tuple(x.shape), what, dim)
+    bad = torch.nonzero(~torch.isfinite(x).all(dim=1))
+    if len(bad):
+        raise ValueError(f"{what}: row {int(bad[0, 0])} (0-based) has a NaN or infinite value")
+    return x
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+# ----------------------------------------------------------------------------- stores
+class _FaissStore:
+    """A faiss index (CPU or GPU) returning (similarities, row labels)."""
+
+    def __init__(self, index: faiss.Index, metric: str, on_gpu: bool):
+        self.index, self.metric, self.on_gpu = index, metric, on_gpu
+
+    def prepare(self, x: Array, what: str, dim: int | None) -> np.ndarray:
+        """Validated float32 numpy rows, L2-normalised for the cosine metric."""
+        x = _as_float32_matrix(x, what, dim)
+        return _l2_normalise(x) if self.metric == "cos" else x
+
+    @classmethod
+    def create(cls, dim: int, index_type: str, metric: str, *, gpu: bool, fp16: bool, nlist: int, hnsw_m: int) -> _FaissStore:
+        faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        if index_type == "flat":
+            index = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+        elif index_type == "ivf":
+            quantizer = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss_metric)
+        else:
+            index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss_metric)
+        return cls.from_cpu(index, metric, gpu=gpu, fp16=fp16)
+
+    @classmethod
+    def from_cpu(cls, index: faiss.Index, metric: str, *, gpu: bool, fp16: bool) -> _FaissStore:
+        if gpu and isinstance(index, faiss.IndexHNSW):
+            log.info("faiss has no GPU HNSW: the hnsw index stays on the CPU")
+            gpu = False
+        if gpu:  # pragma: no cover - needs a GPU build of faiss
+            options = faiss.GpuClonerOptions()
+            options.useFloat16 = fp16
+            index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index, options)
+        elif fp16:
+            log.info("fp16 storage only applies on a GPU: faiss-cpu stores float32")
+        return cls(index, metric, gpu)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    def train(self, x: np.ndarray) -> None:
+        self.index.train(x)
+
+    def add(self, x: np.ndarray) -> None:
+        self.index.add(x)
+
+    def configure(self, nprobe: int | None, ef_search: int, k: int) -> None:
+        if self.on_gpu:  # pragma: no cover - needs a GPU build of faiss
+            if nprobe is not None:
+                faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", nprobe)
+            return
+        if isinstance(self.index, faiss.IndexIVF) and nprobe is not None:
+            self.index.nprobe = nprobe
+        if isinstance(self.index, faiss.IndexHNSW):
+            self.index.hnsw.efSearch = max(ef_search, k)
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, labels = self.index.search(q, k)
+        if self.metric == "l2":
+            scores = -scores
+        scores[labels < 0] = -np.inf
+        return scores, labels
+
+    def cpu_index(self) -> faiss.Index:
+        if self.on_gpu:  # pragma: no cover - needs a GPU build of faiss
+            return faiss.index_gpu_to_cpu(self.index)
+        return self.index
+
+    def vectors(self) -> np.ndarray:
+        return self.cpu_index().reconstruct_n(0, self.ntotal)
+
+
+class _TorchStore:
+    """Exact search with torch: blocks of passage vectors on a device, chunked ``topk``."""
+
+    def __init__(self, metric: str, device: torch.device, dtype: torch.dtype):
+        self.metric, self.device, self.dtype = metric, device, dtype
+        self.blocks: list[Tensor] = []
+        self.sq_norms: list[Tensor] = []  # l2 only: ||x||^2 per block, float32
+
+    @classmethod
+    def create(cls, metric: str, *, device: str | torch.device | None, fp16: bool, half_dtype: str) -> _TorchStore:
+        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float32
+        if fp16 and device.type == "cuda":
+            dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[half_dtype]
+        elif fp16:
+            log.info("fp16 storage only applies on a GPU: the torch backend on %s stores float32", device)
+        return cls(metric, device, dtype)
+
+    def prepare(self, x: Array, what: str, dim: int | None) -> Tensor:
+        """Validated float32 rows on the store's device, L2-normalised for the cosine metric."""
+        x = _as_float32_tensor(x, what, dim, self.device)
+        return torch.nn.functional.normalize(x, dim=1, eps=1e-12) if self.metric == "cos" else x
+
+    @property
+    def ntotal(self) -> int:
+        return sum(len(b) for b in self.blocks)
+
+    is_trained = True
+
+    def train(self, x: Tensor) -> None:  # exact search needs no training
+        pass
+
+    def configure(self, nprobe: int | None, ef_search: int, k: int) -> None:
+        pass
+
+    def add(self, x: Array) -> None:
+        block = x if isinstance(x, Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        block = block.to(self.device, torch.float32)
+        if self.metric == "l2":
+            self.sq_norms.append((block * block).sum(dim=1))
+        self.blocks.append(block.to(self.dtype))
+
+    def consolidate(self) -> None:
+        """Pack consecutive blocks into blocks of up to ``_BLOCK_ROWS`` rows (order kept)."""
+        if len(self.blocks) < 2:
+            return
+        packed: list[list[int]] = [[]]
+        rows = 0
+        for i, block in enumerate(self.blocks):
+            if packed[-1] and rows + len(block) > _BLOCK_ROWS:
+                packed.append([])
+                rows = 0
+            packed[-1].append(i)
+            rows += len(block)
+        if len(packed) == len(self.blocks):
+            return
+        blocks, norms = self.blocks, self.sq_norms
+        self.blocks = [torch.cat([blocks[i] for i in group]) for group in packed]
+        if norms:
+            self.sq_norms = [torch.cat([norms[i] for i in group]) for group in packed]
+
+    @torch.no_grad()
+    def search(self, queries: Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        best_scores = torch.full((len(queries), 0), -math.inf, device=self.device)
+        best_labels = torch.zeros((len(queries), 0), dtype=torch.long, device=self.device)
+        offset = 0
+        for i, block in enumerate(self.blocks):
+            scores = (queries.to(self.dtype) @ block.T).float()
+            if self.metric == "l2":
+                scores = 2 * scores - self.sq_norms[i][None, :] - (queries * queries).sum(dim=1, keepdim=True)
+            top = scores.topk(min(k, len(block)), dim=1)
+            best_scores = torch.cat([best_scores, top.values], dim=1)
+            best_labels = torch.cat([best_labels, top.indices + offset], dim=1)
+            if best_scores.shape[1] > k:
+                keep = best_scores.topk(k, dim=1)
+                best_scores, best_labels = keep.values, best_labels.gather(1, keep.indices)
+            offset += len(block)
+        return best_scores.cpu().numpy(), best_labels.cpu().numpy()
+
+    def query_batch(self, requested: int) -> int:
+        """Queries per search call so that one score block stays under the memory bound."""
+        budget = _MAX_SCORE_ELEMENTS_CUDA if self.device.type == "cuda" else _MAX_SCORE_ELEMENTS
+        return max(1, min(requested, budget // max((len(b) for b in self.blocks), default=1)))
+
+    def vectors(self) -> np.ndarray:
+        if not self.blocks:
+            return np.zeros((0, 0), dtype=np.float32)
+        return torch.cat([b.float().cpu() for b in self.blocks]).numpy()
+
+
+# ----------------------------------------------------------------------------- the index
+class DenseIndex:
+    """Passage embeddings with string ids, searchable with faiss or torch.
+
+    Build with :meth:`build` (or :meth:`load`), grow with :meth:`add`, query with :meth:`search`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        backend: str,
+        index_type: str,
+        metric: str,
+        store: _FaissStore | _TorchStore,
+        nlist: int | None,
+        nprobe: int | None,
+        hnsw_m: int,
+        hnsw_ef_search: int,
+        query_batch_size: int,
+    ):
+        self._dim, self.backend, self.index_type, self.metric = dim, backend, index_type, metric
+        self._store = store
+        self.nlist, self.nprobe, self.hnsw_m, self.hnsw_ef_search = nlist, nprobe, hnsw_m, hnsw_ef_search
+        self.query_batch_size = query_batch_size
+        self.ids: list[str] = []
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        embeddings: Array,
+        ids: Sequence[str],
+        *,
+        backend: str = "auto",
+        index_type: Literal["flat", "ivf", "hnsw"] = "flat",
+        metric: Literal["ip", "cos", "l2"] = "ip",
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        hnsw_m: int = 32,
+        hnsw_ef_search: int = 128,
+        fp16: bool = False,
+        half_dtype: Literal["float16", "bfloat16"] = "float16",
+        device: str | torch.device | None = None,
+        query_batch_size: int = 1024,
+    ) -> DenseIndex:
+        """Index ``embeddings`` ``[n, d]`` whose rows are the passages ``ids``.
+
+        Args:
+            backend: "auto", "faiss-gpu", "faiss-cpu" or "torch" (see :func:`select_backend`);
+                the exact torch backend only does ``index_type="flat"``: with another type
+                "auto" falls back to faiss-cpu and an explicit "torch" raises.
+            index_type: "flat" (exact), "ivf" (IndexIVFFlat trained on ``embeddings``) or
+                "hnsw" (IndexHNSWFlat).
+            metric: "ip", "cos" (normalise, then inner product) or "l2".
+            nlist: IVF lists; default ``4 * sqrt(n)`` capped so each list gets >= 39 training
+                vectors (faiss' rule of thumb).
+            nprobe: IVF lists visited per query; default ``min(nlist, 32)``.
+            hnsw_m: HNSW neighbours per node. hnsw_ef_search: HNSW search breadth (>= k).
+            fp16: half-precision storage on a GPU (faiss-gpu ``useFloat16``; torch ``half_dtype``).
+            device: torch backend device (default cuda when available, else cpu).
+            query_batch_size: queries searched at once (memory bound).
+        """
+        if isinstance(embeddings, Tensor):
+            _check_matrix(tuple(embeddings.shape), "embeddings", None)
+            n, dim = embeddings.shape
+        else:
+            embeddings = _as_float32_matrix(embeddings, "embeddings")
+            n, dim = embeddings.shape
+        if index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type {index_type!r}: expected one of {', '.join(INDEX_TYPES)}")
+        if metric not in METRICS:
+            raise ValueError(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
+        if dim == 0:
+            raise ValueError("embeddings: dimension is 0")
+        if index_type == "ivf" and n == 0:
+            raise ValueError("embeddings: an ivf index is trained on the vectors given to build(), got none")
+        resolved = select_backend(backend)
+        if resolved == "torch" and index_type != "flat":
+            if backend == "torch":
+                raise ValueError(f"backend 'torch' is exact search only: index_type {index_type!r} needs faiss")
+            log.info("index_type %r needs faiss: using faiss-cpu instead of torch", index_type)
+            resolved = "faiss-cpu"
+        if index_type == "ivf":
+            nlist = nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
+            nprobe = nprobe or min(nlist, 32)
+        if resolved == "torch":
+            store: _FaissStore | _TorchStore = _TorchStore.create(metric, device=device, fp16=fp16, half_dtype=half_dtype)
+        else:
+            store = _FaissStore.create(
+                dim, index_type, metric, gpu=resolved == "faiss-gpu", fp16=fp16, nlist=nlist or 0, hnsw_m=hnsw_m
+            )
+        index = cls(
+            dim, backend=resolved, index_type=index_type, metric=metric, store=store, nlist=nlist,
+            nprobe=nprobe, hnsw_m=hnsw_m, hnsw_ef_search=hnsw_ef_search, query_batch_size=query_batch_size,
+        )
+        if not store.is_trained:
+            store.train(store.prepare(embeddings, "embeddings", dim))
+        index.add(embeddings, ids)
+        return index
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        """Number of indexed passages."""
+        return self._store.ntotal
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return self._dim
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def __repr__(self) -> str:
+        return (
+            f"DenseIndex(ntotal={self.ntotal}, dim={self.dim}, backend={self.backend!r}, "
+            f"index_type={self.index_type!r}, metric={self.metric!r})"
+        )
+
+    # -- add / search -------------------------------------------------------------------------
+    def add(self, embeddings: Array, ids: Sequence[str]) -> None:
+        """Append passages (rows of ``embeddings``) with their ids; call repeatedly for chunks.
+
+        Ids must be unique over the whole index (not re-checked across calls for memory's sake).
+        """
+        x = self._store.prepare(embeddings, "embeddings", self.dim)
+        ids = [str(pid) for pid in ids]
+        if len(ids) != len(x):
+            raise ValueError(f"ids: {len(ids)} ids for {len(x)} embedding rows")
+        if len(set(ids)) != len(ids):
+            raise ValueError("ids: duplicate passage ids in one add() call")
+        if len(x):
+            self._store.add(x)
+            self.ids.extend(ids)
+
+    def search(self, queries: Array, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-``k`` passages of each query row.
+
+        Returns:
+            ``scores`` float32 ``[m, k']`` with ``k' = min(k, ntotal)``, rows sorted best first,
+            and ``ids`` (m lists). Approximate indexes may find fewer than ``k'`` passages for a
+            query: its id list is then shorter and the missing scores are ``-inf``.
+        """
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k: expected a positive integer, got {k!r}")
+        q = self._store.prepare(queries, "queries", self.dim)
+        k = min(int(k), self.ntotal)
+        if k == 0:
+            return np.zeros((len(q), 0), dtype=np.float32), [[] for _ in range(len(q))]
+        self._store.configure(self.nprobe, self.hnsw_ef_search, k)
+        batch = self.query_batch_size
+        if isinstance(self._store, _TorchStore):
+            self._store.consolidate()
+            batch = self._store.query_batch(batch)
+        all_scores, all_ids = [], []
+        for start in range(0, len(q), batch):
+            scores, labels = self._store.search(q[start : start + batch], k)
+            all_scores.append(scores.astype(np.float32, copy=False))
+            all_ids.extend([self.ids[j] for j in row if j >= 0] for row in labels.tolist())
+        scores = np.concatenate(all_scores) if all_scores else np.zeros((0, k), dtype=np.float32)
+        return scores, all_ids
+
+    @staticmethod
+    def to_run(query_ids: Sequence[str], scores: np.ndarray, ids: Sequence[Sequence[str]]) -> Run:
+        """``{query id: {passage id: score}}`` from :meth:`search`'s output."""
+        if not (len(query_ids) == len(scores) == len(ids)):
+            raise ValueError(f"to_run: {len(query_ids)} query ids, {len(scores)} score rows, {len(ids)} id rows")
+        if len(set(query_ids)) != len(query_ids):
+            raise ValueError("to_run: duplicate query ids")
+        return {
+            str(qid): {pid: float(s) for pid, s in zip(row_ids, row_scores)}
+            for qid, row_scores, row_ids in zip(query_ids, scores, ids)
+        }
+
+    def search_run(self, query_ids: Sequence[str], queries: Array, k: int) -> Run:
+        """:meth:`search` then :meth:`to_run`."""
+        scores, ids = self.search(queries, k)
+        return self.to_run(query_ids, scores, ids)
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``meta.json``, ``ids.json`` and ``index.faiss`` (faiss) or ``embeddings.npy`` (torch)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if isinstance(self._store, _FaissStore):
+            faiss.write_index(self._store.cpu_index(), str(directory / FAISS_FILE))
+            vectors_file = FAISS_FILE
+        else:
+            np.save(directory / NPY_FILE, self._store.vectors().reshape(-1, self.dim))
+            vectors_file = NPY_FILE
+        (directory / IDS_FILE).write_text(json.dumps(self.ids))
+        meta = {
+            "format": "rankers.DenseIndex", "format_version": FORMAT_VERSION, "vectors": vectors_file,
+            "dim": self.dim, "ntotal": self.ntotal, "metric": self.metric, "index_type": self.index_type,
+            "nlist": self.nlist, "nprobe": self.nprobe, "hnsw_m": self.hnsw_m, "hnsw_ef_search": self.hnsw_ef_search,
+        }
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | Path,
+        *,
+        backend: str = "auto",
+        fp16: bool = False,
+        half_dtype: Literal["float16", "bfloat16"] = "float16",
+        device: str | torch.device | None = None,
+        query_batch_size: int = 1024,
+    ) -> DenseIndex:
+        """Load what :meth:`save` wrote, on any backend (a flat index moves between faiss and torch)."""
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        try:
+            meta = json.loads(meta_path.read_text())
+        except FileNotFoundError as err:
+            raise ValueError(f"{meta_path}: not found (not a saved DenseIndex directory)") from err
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{meta_path}: line {err.lineno}: invalid JSON ({err.msg})") from err
+        for field in ("format_version", "vectors", "dim", "ntotal", "metric", "index_type"):
+            if field not in meta:
+                raise ValueError(f"{meta_path}: missing field {field!r}")
+        if meta["format_version"] != FORMAT_VERSION:
+            raise ValueError(f"{meta_path}: field 'format_version' is {meta['format_version']}, expected {FORMAT_VERSION}")
+        ids = json.loads((directory / IDS_FILE).read_text())
+        if len(ids) != meta["ntotal"]:
+            raise ValueError(f"{directory / IDS_FILE}: {len(ids)} ids but field 'ntotal' of {meta_path} is {meta['ntotal']}")
+
+        resolved = select_backend(backend)
+        if resolved == "torch" and meta["index_type"] != "flat":
+            if backend == "torch":
+                raise ValueError(f"backend 'torch' is exact search only: saved index_type is {meta['index_type']!r}")
+            resolved = "faiss-cpu"
+        metric = meta["metric"]
+        if meta["vectors"] == FAISS_FILE:
+            cpu_index = faiss.read_index(str(directory / FAISS_FILE))
+            vectors = cpu_index.reconstruct_n(0, cpu_index.ntotal) if resolved == "torch" else None
+        else:
+            cpu_index, vectors = None, np.load(directory / NPY_FILE)
+        if resolved == "torch":
+            store: _FaissStore | _TorchStore = _TorchStore.create(metric, device=device, fp16=fp16, half_dtype=half_dtype)
+        elif cpu_index is not None:
+            store = _FaissStore.from_cpu(cpu_index, metric, gpu=resolved == "faiss-gpu", fp16=fp16)
+        else:
+            store = _FaissStore.create(meta["dim"], "flat", metric, gpu=resolved == "faiss-gpu", fp16=fp16, nlist=0, hnsw_m=0)
+        if vectors is not None and len(vectors):
+            store.add(np.ascontiguousarray(vectors, dtype=np.float32))  # already normalised for "cos"
+        if store.ntotal != len(ids):
+            raise ValueError(f"{directory}: the vectors file holds {store.ntotal} vectors for {len(ids)} ids")
+        index = cls(
+            meta["dim"], backend=resolved, index_type=meta["index_type"], metric=metric, store=store,
+            nlist=meta.get("nlist"), nprobe=meta.get("nprobe"), hnsw_m=meta.get("hnsw_m", 32),
+            hnsw_ef_search=meta.get("hnsw_ef_search", 128), query_batch_size=query_batch_size,
+        )
+        index.ids = [str(pid) for pid in ids]
+        return index

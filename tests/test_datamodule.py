@@ -1,0 +1,121 @@
+"""The shared DataModule on real data (SciFact, WikiQA) and on the embedded default."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from datamodules.datamodule import RankingDataModule
+from datamodules.formats import write_run
+
+
+class _Model:
+    """Stands in for a rankers model: a collator that keeps the raw examples."""
+
+    def collator(self):
+        return lambda examples: examples
+
+
+class _Trainer:
+    current_epoch = 0
+    lightning_module = _Model()
+
+
+def _dm(tmp_path: Path, **kw) -> RankingDataModule:
+    kw.setdefault("cache_dir", str(tmp_path / "cache"))
+    dm = RankingDataModule(**kw)
+    dm.trainer = _Trainer()
+    dm.prepare_data()
+    return dm
+
+
+@pytest.fixture(scope="module")
+def scifact(shared_data, tmp_path_factory):
+    dm = _dm(tmp_path_factory.mktemp("scifact"), dataset=str(shared_data / "scifact"), val_split="test",
+             num_negatives=4, negative_window=(5, 40), max_train_queries=120, train_subset_size=20,
+             max_eval_queries=30, eval_depth=50)
+    dm.setup("fit")
+    return dm
+
+
+def test_bm25_negatives_exclude_positives_and_come_from_the_window(scifact):
+    from rankers.metrics import rank_passages
+
+    qrels = scifact.load().qrels["train"]
+    run = scifact._bm25("train", [e.query_id for e in scifact.train_dataset.examples], 100)
+    for ex in scifact.train_dataset.examples:
+        window = set(rank_passages(run[ex.query_id])[5:40])
+        positives = {p for p, r in qrels[ex.query_id].items() if r > 0}
+        assert ex.negatives and set(ex.negatives) <= window
+        assert not positives & set(ex.negatives)
+
+
+def test_training_examples_are_deterministic_per_epoch_and_change_across_epochs(scifact):
+    ds = scifact.train_dataset
+    ds.epoch = 0
+    first = [ds[i]["passage_ids"] for i in range(10)]
+    assert first == [ds[i]["passage_ids"] for i in range(10)]
+    ds.epoch = 1
+    second = [ds[i]["passage_ids"] for i in range(10)]
+    ds.epoch = 0
+    assert first != second
+    item = ds[0]
+    assert item["labels"][0] == 1.0 and len(item["passages"]) == 5
+    assert item["passage_ids"][0] in item["positive_ids"]
+    assert item["query"] and all(item["passages"])
+
+
+def test_eval_pairs_and_train_subset(scifact):
+    val, sub = scifact.eval_sets["val"], scifact.eval_sets["train_subset"]
+    assert len(val.qrels) == 30 and len(sub.qrels) == 20
+    assert len(val) == 30 * 50
+    assert set(sub.qrels) <= set(scifact.load().qrels["train"])
+    loaders = scifact.val_dataloader()
+    assert len(loaders) == 2
+    batch = next(iter(loaders[0]))
+    pair = batch[0]
+    assert pair["query_id"] in val.qrels and pair["passage"]
+
+
+def test_teacher_score_coverage_is_checked(scifact, tmp_path):
+    ex = scifact.train_dataset.examples[0]
+    run = {e.query_id: {pid: 1.0 for pid in (*e.positives, *e.negatives)} for e in scifact.train_dataset.examples}
+    del run[ex.query_id][ex.negatives[0]]
+    path = tmp_path / "scores.trec"
+    write_run(run, path)
+    dm = _dm(tmp_path, dataset=str(scifact.dataset), val_split="test", num_negatives=4, negative_window=(5, 40),
+             max_train_queries=120, train_subset_size=0, teacher_scores=str(path), cache_dir=scifact.cache_dir)
+    with pytest.raises(ValueError, match=f"no teacher score for training query '{ex.query_id}', passage '{ex.negatives[0]}'"):
+        dm.setup("fit")
+
+
+def test_negatives_from_a_run_file_and_collection_candidates(shared_data, tmp_path):
+    wikiqa = shared_data / "wikiqa"
+    dm = _dm(tmp_path, dataset=str(wikiqa), negatives="run", negatives_run=str(wikiqa / "candidates_train.run"),
+             num_negatives=3, train_subset_size=0, max_eval_queries=20)
+    dm.setup("fit")
+    from datamodules.formats import read_run
+
+    candidates = read_run(wikiqa / "candidates_train.run")
+    for ex in dm.train_dataset.examples:
+        assert set(ex.negatives) <= set(candidates[ex.query_id]) - set(ex.positives)
+    # WikiQA ships official candidates: re-rank evaluation uses them, not BM25
+    val = dm.eval_sets["val"]
+    dev = read_run(wikiqa / "candidates_dev.run")
+    qid = next(iter(val.qrels))
+    assert dm._eval_run_source("dev") == "collection"
+    assert len(dev[qid]) == sum(1 for i in range(len(val)) if val.ids(i)[0] == qid)
+
+
+def test_unknown_split_is_a_clear_error(shared_data, tmp_path):
+    dm = RankingDataModule(dataset=str(shared_data / "scifact"), cache_dir=str(tmp_path))  # val_split="dev"
+    with pytest.raises(ValueError, match=r"split 'dev' has no qrels .*available: \['test', 'train'\]"):
+        dm.prepare_data()
+
+
+def test_embedded_default_is_generated_and_loads(tmp_path):
+    dm = _dm(tmp_path, embedded_scale=0.05, train_subset_size=5, max_eval_queries=10)
+    dm.setup("fit")
+    data = dm.load()
+    assert data.layout == "beir" and set(data.qrels) >= {"train", "dev", "test"}
+    assert len(dm.train_dataset) > 0 and len(dm.eval_sets["val"].qrels) == 10

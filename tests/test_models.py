@@ -1,0 +1,135 @@
+"""The CA teacher and DE student on the embedded tiny backbone: losses, in-batch labels, online teacher."""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from rankers.collate import collate_listwise
+from rankers.cross_encoder import CrossAttentionRanker
+from rankers.dual_encoder import DualEncoderRanker
+from rankers.losses import m3se, one_hot_ce
+
+
+def _examples(teacher=False):
+    exs = [
+        {"query_id": "q1", "query": "red box with a blue lid", "passage_ids": ["a", "b", "c"],
+         "passages": ["the red box has a blue lid", "the blue box has a red lid", "a green cup"],
+         "labels": [1.0, 0.0, 0.0], "positive_ids": ["a"]},
+        {"query_id": "q2", "query": "blue box with a red lid", "passage_ids": ["b", "a"],
+         "passages": ["the blue box has a red lid", "the red box has a blue lid"],
+         "labels": [1.0, 0.0], "positive_ids": ["b"]},
+    ]
+    for ex, t in zip(exs, ([3.0, 1.0, -2.0], [2.5, 0.5])):
+        ex["teacher_scores"] = t if teacher else None
+    return exs
+
+
+def test_collate_pads_masks_and_marks_in_batch_positives():
+    batch = collate_listwise(_examples(teacher=True))
+    assert batch["mask"].tolist() == [[True, True, True], [True, True, False]]
+    assert batch["passages"][-1] == ""  # padding slot
+    # flat passages: a b c | b a <pad>; q1's positive 'a' is at 0 and 4; q2's positive 'b' at 1 and 3
+    assert batch["in_batch_labels"].tolist() == [
+        [True, False, False, False, True, False],
+        [False, True, False, True, False, False],
+    ]
+    assert batch["teacher_scores"][1, :2].tolist() == [2.5, 0.5]
+
+
+@pytest.fixture(scope="module")
+def ca():
+    pl.seed_everything(0)
+    return CrossAttentionRanker(backbone="embedded", max_length=32).eval()
+
+
+@pytest.fixture(scope="module")
+def de():
+    pl.seed_everything(0)
+    return DualEncoderRanker(backbone="embedded", passage_max_length=32).eval()
+
+
+def test_ca_listwise_loss_is_softmax_ce_over_its_pair_scores(ca):
+    batch = ca.collator()(_examples())
+    loss, _ = ca.listwise_loss(batch)
+    exs = _examples()
+    scores = torch.full((2, 3), 0.0)
+    for i, ex in enumerate(exs):
+        scores[i, : len(ex["passages"])] = ca.score([ex["query"]] * len(ex["passages"]), ex["passages"])
+    expected = one_hot_ce(scores, None, batch["labels"] > 0, batch["mask"])
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_de_label_loss_uses_in_batch_negatives(de):
+    batch = de.collator()(_examples())
+    loss, parts = de.listwise_loss(batch)
+    with torch.no_grad():
+        q = de.encode_query_inputs(batch["query_inputs"])
+        p = de.encode_passage_inputs(batch["passage_inputs"])
+    full = q @ p.T
+    expected = one_hot_ce(full, None, batch["in_batch_labels"], batch["mask"].reshape(1, -1).expand(2, -1))
+    assert torch.allclose(loss, expected, atol=1e-5)
+    de.in_batch_negatives = False
+    try:
+        own_loss, _ = de.listwise_loss(batch)
+    finally:
+        de.in_batch_negatives = True
+    own = torch.stack([full[0, 0:3], full[1, 3:6]])
+    assert torch.allclose(own_loss, one_hot_ce(own, None, batch["labels"] > 0, batch["mask"]), atol=1e-5)
+    assert not torch.allclose(own_loss, loss)
+
+
+def test_de_distillation_needs_teacher_scores_and_says_how_to_get_them():
+    de = DualEncoderRanker(backbone="embedded", distillation_loss="m3se", label_weight=0.0)
+    batch = de.collator()(_examples(teacher=False))
+    with pytest.raises(ValueError, match="rankers predict --config configs/ca_teacher.yaml"):
+        de.listwise_loss(batch)
+
+
+def test_online_teacher_gives_the_same_loss_as_offline_scores(ca, tmp_path):
+    ckpt = tmp_path / "ca.ckpt"
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
+    trainer.strategy.connect(ca)
+    trainer.save_checkpoint(ckpt)
+
+    pl.seed_everything(1)
+    online = DualEncoderRanker(backbone="embedded", distillation_loss="m3se", label_weight=0.0,
+                               teacher_checkpoint=str(ckpt), passage_max_length=32).eval()
+    assert "teacher" not in dict(online.named_children())  # never saved with the student
+    exs = _examples()
+    offline_exs = _examples(teacher=True)
+    for ex in offline_exs:  # offline: the teacher's scores written into the examples
+        ex["teacher_scores"] = ca.score([ex["query"]] * len(ex["passages"]), ex["passages"]).tolist()
+    online_loss, _ = online.listwise_loss(online.collator()(exs))
+    offline_loss, _ = online.listwise_loss(online.collator()(offline_exs))
+    assert online_loss.item() > 0
+    assert torch.allclose(online_loss, offline_loss, atol=1e-5)
+
+
+def test_de_similarity_options_and_projection():
+    pl.seed_everything(0)
+    de = DualEncoderRanker(backbone="embedded", similarity="cos", embedding_dim=16, pooling="mean",
+                           shared_towers=False).eval()
+    batch = de.collator()(_examples())
+    q = de.encode_query_inputs(batch["query_inputs"])
+    assert q.shape == (2, 16)
+    assert torch.allclose(q.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert de.query_encoder is not de.passage_encoder
+
+
+def test_nonfinite_loss_names_step_and_queries(de):
+    from rankers.module import NonFiniteLossError
+
+    batch = de.collator()(_examples())
+    original = de.listwise_loss
+    de.listwise_loss = lambda b: (torch.tensor(float("nan")), {})
+    try:
+        with pytest.raises(NonFiniteLossError, match="q1, q2"):
+            de.training_step(batch, 3)
+    finally:
+        de.listwise_loss = original
+
+
+def test_bad_backbone_is_a_clear_error():
+    with pytest.raises(ValueError, match="not an existing directory"):
+        CrossAttentionRanker(backbone="no/such-model-here")

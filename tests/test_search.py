@@ -1,0 +1,248 @@
+"""rankers.search: faiss / torch dense search agree with brute force; approximate indexes recall."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from rankers import search as search_mod
+from rankers.search import DenseIndex, select_backend
+
+N, DIM, M = 600, 24, 40
+
+
+def _data(seed: int = 0, n: int = N, m: int = M, dim: int = DIM):
+    rng = np.random.default_rng(seed)
+    passages = rng.standard_normal((n, dim)).astype(np.float32)
+    queries = rng.standard_normal((m, dim)).astype(np.float32)
+    ids = [f"p{i:04d}" for i in range(n)]
+    return passages, queries, ids
+
+
+def _brute_force(passages, queries, k, metric):
+    if metric == "cos":
+        passages = passages / np.linalg.norm(passages, axis=1, keepdims=True)
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    if metric == "l2":
+        scores = -((queries[:, None, :] - passages[None, :, :]) ** 2).sum(-1)
+    else:
+        scores = queries @ passages.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+@pytest.mark.parametrize("metric", ["ip", "cos", "l2"])
+def test_faiss_flat_torch_and_numpy_agree(metric):
+    passages, queries, ids = _data()
+    k = 10
+    ref_scores, ref_rows = _brute_force(passages, queries, k, metric)
+    results = {}
+    for backend in ("faiss-cpu", "torch"):
+        index = DenseIndex.build(passages, ids, backend=backend, metric=metric, device="cpu")
+        assert index.backend == backend and index.ntotal == N and index.dim == DIM
+        results[backend] = index.search(queries, k)
+    for backend, (scores, found) in results.items():
+        assert scores.shape == (M, k) and scores.dtype == np.float32
+        assert found == [[ids[j] for j in row] for row in ref_rows], backend
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-4)
+    assert results["faiss-cpu"][1] == results["torch"][1]
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_torch_backend_chunks_queries_and_blocks(monkeypatch, metric):
+    passages, queries, ids = _data(1)
+    reference = DenseIndex.build(passages, ids, backend="faiss-cpu", metric=metric).search(queries, 15)
+    monkeypatch.setattr(search_mod, "_MAX_SCORE_ELEMENTS", 3 * 250)  # forces 3-query chunks
+    monkeypatch.setattr(search_mod, "_BLOCK_ROWS", 250)  # packs the adds into 250-row blocks
+    index = DenseIndex.build(passages[:100], ids[:100], backend="torch", metric=metric, device="cpu", query_batch_size=7)
+    for start in range(100, N, 50):
+        index.add(passages[start : start + 50], ids[start : start + 50])
+    scores, found = index.search(queries, 15)
+    assert [len(b) for b in index._store.blocks] == [250, 250, 100]
+    assert found == reference[1]
+    np.testing.assert_allclose(scores, reference[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["faiss-cpu", "torch"])
+def test_chunked_add_equals_one_add(backend):
+    passages, queries, ids = _data(2)
+    whole = DenseIndex.build(passages, ids, backend=backend, device="cpu")
+    chunked = DenseIndex.build(passages[:100], ids[:100], backend=backend, device="cpu")
+    for start in range(100, N, 170):
+        chunked.add(passages[start : start + 170], ids[start : start + 170])
+    assert chunked.ntotal == whole.ntotal == N and chunked.ids == ids
+    s1, i1 = whole.search(queries, 20)
+    s2, i2 = chunked.search(queries, 20)
+    assert i1 == i2
+    np.testing.assert_allclose(s1, s2, rtol=1e-6, atol=1e-6)
+
+
+def _clustered(seed: int = 3, n: int = 4000, m: int = 100, dim: int = 32, clusters: int = 40):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32) * 3
+    passages = centres[rng.integers(clusters, size=n)] + rng.standard_normal((n, dim)).astype(np.float32)
+    queries = centres[rng.integers(clusters, size=m)] + rng.standard_normal((m, dim)).astype(np.float32)
+    return passages.astype(np.float32), queries.astype(np.float32), [f"d{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
+@pytest.mark.parametrize("metric", ["ip", "cos"])
+def test_approximate_indexes_recall_at_10(index_type, metric):
+    passages, queries, ids = _clustered()
+    exact = DenseIndex.build(passages, ids, backend="faiss-cpu", metric=metric).search(queries, 10)[1]
+    approx_index = DenseIndex.build(passages, ids, backend="faiss-cpu", index_type=index_type, metric=metric)
+    if index_type == "ivf":
+        assert approx_index.nlist == min(round(4 * np.sqrt(len(ids))), len(ids) // 39)
+    approx = approx_index.search(queries, 10)[1]
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.9, recall
+
+
+@pytest.mark.parametrize(
+    "backend,index_type,load_backend",
+    [
+        ("faiss-cpu", "flat", "faiss-cpu"),
+        ("faiss-cpu", "flat", "torch"),
+        ("torch", "flat", "torch"),
+        ("torch", "flat", "faiss-cpu"),
+        ("faiss-cpu", "ivf", "faiss-cpu"),
+        ("faiss-cpu", "hnsw", "faiss-cpu"),
+    ],
+)
+@pytest.mark.parametrize("metric", ["cos", "l2"])
+def test_save_load_round_trip(tmp_path, backend, index_type, load_backend, metric):
+    passages, queries, ids = _clustered(n=800, m=20)
+    index = DenseIndex.build(passages, ids, backend=backend, index_type=index_type, metric=metric, device="cpu")
+    before = index.search(queries, 10)
+    index.save(tmp_path / "idx")
+    loaded = DenseIndex.load(tmp_path / "idx", backend=load_backend, device="cpu")
+    assert (loaded.backend, loaded.index_type, loaded.metric) == (load_backend, index_type, metric)
+    assert loaded.ntotal == index.ntotal and loaded.dim == index.dim and loaded.ids == ids
+    after = loaded.search(queries, 10)
+    assert after[1] == before[1]
+    np.testing.assert_allclose(after[0], before[0], rtol=1e-5, atol=1e-5)
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="meta.json"):
+        DenseIndex.load(tmp_path)
+    (tmp_path / "meta.json").write_text("{\n  broken")
+    with pytest.raises(ValueError, match=r"meta.json: line 2"):
+        DenseIndex.load(tmp_path)
+
+
+@pytest.mark.parametrize("backend", ["faiss-cpu", "torch"])
+def test_k_larger_than_ntotal_is_clipped(backend):
+    passages, queries, ids = _data(4, n=5)
+    index = DenseIndex.build(passages, ids, backend=backend, device="cpu")
+    scores, found = index.search(queries, 50)
+    assert scores.shape == (M, 5)
+    assert all(sorted(row) == sorted(ids) for row in found)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+
+
+@pytest.mark.parametrize("backend", ["faiss-cpu", "torch"])
+def test_ids_map_to_the_right_rows_and_to_run(backend):
+    rng = np.random.default_rng(5)
+    passages = np.eye(DIM, dtype=np.float32) * 10
+    ids = [f"doc-{c}" for c in rng.permutation(list("abcdefghijklmnopqrstuvwx"))]
+    index = DenseIndex.build(passages, ids, backend=backend, metric="ip", device="cpu")
+    order = rng.permutation(DIM)
+    queries = passages[order] + 0.01 * rng.standard_normal((DIM, DIM)).astype(np.float32)
+    scores, found = index.search(queries, 1)
+    assert [row[0] for row in found] == [ids[i] for i in order]
+    run = DenseIndex.to_run([f"q{i}" for i in range(DIM)], scores, found)
+    assert run["q0"] == {ids[order[0]]: pytest.approx(float(scores[0, 0]))}
+    assert index.search_run([f"q{i}" for i in range(DIM)], queries, 3) == DenseIndex.to_run(
+        [f"q{i}" for i in range(DIM)], *index.search(queries, 3)
+    )
+    with pytest.raises(ValueError, match="duplicate query ids"):
+        DenseIndex.to_run(["q", "q"], scores[:2], found[:2])
+
+
+def test_input_errors():
+    passages, queries, ids = _data(6, n=50)
+    index = DenseIndex.build(passages, ids, backend="faiss-cpu")
+    with pytest.raises(ValueError, match="dimension"):
+        index.search(queries[:, :5], 3)
+    with pytest.raises(ValueError, match="ids"):
+        index.add(passages[:3], ["a", "b"])
+    with pytest.raises(ValueError, match="duplicate"):
+        index.add(passages[:2], ["a", "a"])
+    bad = passages[:3].copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="row 1"):
+        index.add(bad, ["x", "y", "z"])
+    with pytest.raises(ValueError, match="k"):
+        index.search(queries, 0)
+    with pytest.raises(ValueError, match="exact search only"):
+        DenseIndex.build(passages, ids, backend="torch", index_type="ivf")
+    with pytest.raises(ValueError, match="index_type"):
+        DenseIndex.build(passages, ids, index_type="pq")
+    with pytest.raises(ValueError, match="metric"):
+        DenseIndex.build(passages, ids, metric="dot")
+
+
+def test_accepts_torch_tensors():
+    passages, queries, ids = _data(7)
+    a = DenseIndex.build(torch.from_numpy(passages), ids, backend="faiss-cpu").search(torch.from_numpy(queries), 5)
+    b = DenseIndex.build(passages, ids, backend="faiss-cpu").search(queries, 5)
+    assert a[1] == b[1]
+
+
+def test_select_backend(monkeypatch, caplog):
+    with caplog.at_level(logging.INFO, logger="rankers.search"):
+        expected = "faiss-gpu" if search_mod.faiss_num_gpus() else ("torch" if torch.cuda.is_available() else "faiss-cpu")
+        assert select_backend() == expected
+    assert any("dense search backend" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(search_mod, "faiss_num_gpus", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_backend("auto") == "torch"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_backend("auto") == "faiss-cpu"
+    assert select_backend("torch") == "torch"
+    with pytest.raises(ValueError, match="get_num_gpus"):
+        select_backend("faiss-gpu")
+    with pytest.raises(ValueError, match="expected one of"):
+        select_backend("annoy")
+    monkeypatch.setattr(search_mod, "faiss_num_gpus", lambda: 2)
+    assert select_backend("auto") == "faiss-gpu"
+
+
+def test_auto_with_approximate_index_falls_back_to_faiss(monkeypatch):
+    monkeypatch.setattr(search_mod, "faiss_num_gpus", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    passages, _, ids = _clustered(n=400)
+    index = DenseIndex.build(passages, ids, index_type="hnsw")
+    assert index.backend == "faiss-cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fp16", [False, True])
+def test_torch_backend_on_cuda_matches_faiss_cpu(fp16):
+    passages, queries, ids = _data(8, n=3000)
+    reference = DenseIndex.build(passages, ids, backend="faiss-cpu").search(queries, 10)
+    index = DenseIndex.build(passages, ids, backend="torch", device="cuda", fp16=fp16)
+    scores, found = index.search(torch.from_numpy(queries).cuda(), 10)
+    if fp16:
+        overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, reference[1])])
+        assert overlap >= 0.9
+        np.testing.assert_allclose(scores, reference[0], rtol=2e-2, atol=5e-2)
+    else:
+        assert found == reference[1]
+        np.testing.assert_allclose(scores, reference[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(search_mod.faiss_num_gpus() == 0, reason="needs a GPU build of faiss")
+@pytest.mark.parametrize("index_type", ["flat", "ivf"])
+def test_faiss_gpu_matches_faiss_cpu(tmp_path, index_type):
+    passages, queries, ids = _clustered()
+    cpu = DenseIndex.build(passages, ids, backend="faiss-cpu", index_type="flat").search(queries, 10)[1]
+    gpu_index = DenseIndex.build(passages, ids, backend="faiss-gpu", index_type=index_type)
+    gpu = gpu_index.search(queries, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(gpu, cpu)])
+    assert recall >= (0.999 if index_type == "flat" else 0.9)
+    gpu_index.save(tmp_path / "g")
+    assert DenseIndex.load(tmp_path / "g", backend="faiss-cpu").search(queries, 10)[1] == gpu
