@@ -12,8 +12,15 @@ import importlib
 import logging
 import sys
 
+# command -> ("module:function", one-line description); the function takes the remaining argv.
 PIPELINE_COMMANDS = {
-    "reproduce": ("rankers.reproduce", "CA teacher → teacher scores → DE on labels and distilled DEs → paper table"),
+    "reproduce": ("rankers.reproduce:main", "CA teacher → teacher scores → DE on labels and distilled DEs → paper table"),
+    "mine": ("rankers.mine:main", "mine hard negatives (BM25 or dense) [+ teacher scores] into cached run files"),
+    "capacity": ("rankers.capacity:main", "fit DE embeddings of size k to a teacher score matrix, per k"),
+    "export": ("rankers.export:main", "export a checkpoint as a Hugging Face / sentence-transformers directory"),
+    "index": ("rankers.serve:index_main", "encode a corpus with a DE into a saved dense index"),
+    "search": ("rankers.serve:search_main", "search a saved index with queries, write a TREC run"),
+    "rerank": ("rankers.serve:rerank_main", "re-rank a TREC run with a CA (or DE) checkpoint"),
 }
 
 
@@ -52,6 +59,6 @@ def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
     if argv and argv[0] in PIPELINE_COMMANDS:
-        module = importlib.import_module(PIPELINE_COMMANDS[argv[0]][0])
-        return module.main(argv[1:])
+        module_name, func = PIPELINE_COMMANDS[argv[0]][0].split(":")
+        return getattr(importlib.import_module(module_name), func)(argv[1:])
     return lightning_cli(argv)
