@@ -33,6 +33,18 @@ log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 
 
+def _state_digest(model) -> str:
+    """A short hash of a model's parameters (names the in-training state negatives were mined with)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+        h.update(str(float(tensor.detach().float().sum())).encode())
+    return h.hexdigest()[:16]
+
+
 def _top(run: dict[str, dict[str, float]], depth: int) -> dict[str, list[str]]:
     """Candidates of each query in rank order (the project's one convention), cut at ``depth``."""
     from rankers.metrics import rank_passages
@@ -49,8 +61,20 @@ class RankingDataModule(pl.LightningDataModule):
         embedded_scale: size multiplier of the embedded default (1.0 = the demo size).
         train_split / val_split / test_split: qrels split names.
         num_negatives: hard negatives per training query and step.
-        negatives: ``"bm25"`` to mine with BM25, ``"run"`` to take them from ``negatives_run``.
+        negatives: ``"bm25"`` to mine with BM25, ``"run"`` to take them from ``negatives_run``,
+            ``"dense"`` to mine with the dual encoder in ``miner_checkpoint``.
         negatives_run: a TREC run file of candidates per training query (for ``negatives="run"``).
+        miner_checkpoint: a DualEncoderRanker checkpoint for ``negatives="dense"``.
+        mining_depth: candidates retrieved per training query before the window is applied
+            (default: the window's end).
+        refresh_every_n_epochs: ANCE-style: every N epochs re-mine the training negatives with the DE
+            being trained (reusing the retrieval-eval callback's index); 0 = never.
+        teacher_checkpoint: a CrossAttentionRanker checkpoint that scores every training query's
+            positives and mined pool once at mining time (cached with the negatives): used for
+            denoising and as the distillation teacher scores when ``teacher_scores`` is not given.
+        denoise_threshold / denoise_margin: drop mined candidates whose teacher score is above the
+            threshold, or within the margin of the query's best positive (RocketQA); needs teacher
+            scores (``teacher_checkpoint`` or ``teacher_scores``).
         negative_window: 0-based rank window ``[lo, hi)`` of the candidate list negatives come from;
             judged positives are always excluded.
         teacher_scores: a TREC run file of teacher scores covering every training query's positives and
@@ -74,10 +98,16 @@ class RankingDataModule(pl.LightningDataModule):
         val_split: str = "dev",
         test_split: str = "test",
         num_negatives: int = 7,
-        negatives: Literal["bm25", "run"] = "bm25",
+        negatives: Literal["bm25", "run", "dense"] = "bm25",
         negatives_run: str | None = None,
         negative_window: tuple[int, int] = (0, 100),
+        miner_checkpoint: str | None = None,
+        mining_depth: int | None = None,
+        refresh_every_n_epochs: int = 0,
         teacher_scores: str | None = None,
+        teacher_checkpoint: str | None = None,
+        denoise_threshold: float | None = None,
+        denoise_margin: float | None = None,
         eval_candidates: str | None = None,
         eval_depth: int = 100,
         train_subset_size: int = 200,
@@ -94,6 +124,11 @@ class RankingDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         if negatives == "run" and not negatives_run:
             raise ValueError("RankingDataModule: negatives='run' needs negatives_run=PATH (a TREC run file)")
+        if negatives == "dense" and not miner_checkpoint:
+            raise ValueError("RankingDataModule: negatives='dense' needs miner_checkpoint=PATH (a DualEncoderRanker checkpoint)")
+        if (denoise_threshold is not None or denoise_margin is not None) and not (teacher_checkpoint or teacher_scores):
+            raise ValueError("RankingDataModule: denoising needs teacher scores: set teacher_checkpoint (a CA checkpoint) "
+                             "or teacher_scores (a score file)")
         if negative_window[0] < 0 or negative_window[1] <= negative_window[0]:
             raise ValueError(f"RankingDataModule: negative_window must be [lo, hi) with 0 <= lo < hi, got {negative_window}")
         self.dataset = dataset
@@ -103,7 +138,15 @@ class RankingDataModule(pl.LightningDataModule):
         self.negatives = negatives
         self.negatives_run = negatives_run
         self.negative_window = tuple(negative_window)
+        self.miner_checkpoint = miner_checkpoint
+        self.mining_depth = mining_depth
+        self.refresh_every_n_epochs = refresh_every_n_epochs
         self.teacher_scores_path = teacher_scores
+        self.teacher_checkpoint = teacher_checkpoint
+        self.denoise_threshold = denoise_threshold
+        self.denoise_margin = denoise_margin
+        self.refreshed: dict[str, Any] | None = None  # spec of the last in-training refresh (checkpointed)
+        self._active_refresh: dict[str, Any] | None = None  # the refresh the current train_dataset uses
         self.eval_candidates = eval_candidates
         self.eval_depth = eval_depth
         self.train_subset_size = train_subset_size
@@ -207,17 +250,18 @@ class RankingDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Rank 0: generate the embedded data, build Arrow caches and BM25 runs so other ranks only read."""
         wanted = {}
+        self._check_split(self.train_split)
         if self.negatives == "bm25" or self.train_subset_size > 0:
-            self._check_split(self.train_split)
             wanted[self.train_split] = self._mining_depth()
         self._check_split(self.val_split)
         for split in (self.val_split, self.test_split):
             if split in self.load().qrels and self._eval_run_source(split) == "bm25":
                 wanted.setdefault(split, self.eval_depth)
         self._mine_bm25(wanted)
+        self.mined(self._query_ids(self.train_split, self.max_train_queries))  # fills the negatives cache
 
     def _mining_depth(self) -> int:
-        return max(self.negative_window[1], self.eval_depth)
+        return max(self.mining_depth or self.negative_window[1], self.eval_depth)
 
     def _eval_run_source(self, split: str) -> str:
         if self.eval_candidates:
@@ -270,50 +314,122 @@ class RankingDataModule(pl.LightningDataModule):
         pairs.split, pairs.qrels = self.train_split, {q: data.qrels[self.train_split][q] for q in ids}
         return pairs
 
-    def negative_pools(self, query_ids: list[str]) -> dict[str, list[str]]:
-        """Each training query's ordered pool of hard-negative candidates (positives excluded)."""
-        from datamodules.formats import read_run
-        from datamodules.mining import negative_pool
+    # --- negatives: mined once, cached with provenance ---------------------------------------------
+    def mining_spec(self, query_ids: list[str]) -> "MiningSpec":
+        from datamodules.negatives import MiningSpec, file_digest
 
+        teacher = self.teacher_checkpoint or (self.teacher_scores_path if self._denoising() else None)
+        return MiningSpec(
+            miner=self.negatives, dataset_fingerprint=self.load().fingerprint(), split=self.train_split,
+            depth=self._mining_depth(), window=tuple(self.negative_window), seed=self.seed,
+            model_digest=file_digest(self.miner_checkpoint) if self.negatives == "dense" else None,
+            run_digest=file_digest(self.negatives_run) if self.negatives == "run" else None,
+            teacher_digest=file_digest(teacher) if teacher else None,
+            denoise_threshold=self.denoise_threshold, denoise_margin=self.denoise_margin,
+            num_queries=len(query_ids),
+        )
+
+    def _denoising(self) -> bool:
+        return self.denoise_threshold is not None or self.denoise_margin is not None
+
+    def negative_cache(self):
+        from datamodules.negatives import NegativeCache
+
+        return NegativeCache(self.cache_root() / "negatives")
+
+    def _positives(self, query_ids: list[str]) -> dict[str, list[str]]:
         qrels = self.load().qrels[self.train_split]
+        return {q: sorted(pid for pid, rel in qrels[q].items() if rel > 0) for q in query_ids}
+
+    def candidate_run(self, query_ids: list[str]) -> dict[str, dict[str, float]]:
+        """The training queries' candidate lists from the configured miner (before window / filters)."""
+        from datamodules.formats import read_run
+
         if self.negatives == "run":
             run = read_run(self.negatives_run)
             missing = [q for q in query_ids if q not in run]
             if missing:
                 raise ValueError(f"{self.negatives_run}: no candidates for training query '{missing[0]}' "
                                  f"({len(missing)} of {len(query_ids)} training queries missing)")
-            run = {q: run[q] for q in query_ids}
-        else:
-            run = self._bm25(self.train_split, query_ids, self._mining_depth())
-        return negative_pool(run, {q: qrels[q] for q in query_ids}, window=self.negative_window)
+            return {q: run[q] for q in query_ids}
+        if self.negatives == "dense":
+            from datamodules.negatives import dense_run
+            from rankers.dual_encoder import DualEncoderRanker
 
-    def _setup_train(self) -> None:
-        data = self.load()
-        qrels = data.qrels[self.train_split]
-        query_ids = self._query_ids(self.train_split, self.max_train_queries)
-        pools = self.negative_pools(query_ids)
-        examples, empty = [], 0
-        for qid in query_ids:
-            positives = sorted(pid for pid, rel in qrels[qid].items() if rel > 0)
-            if not pools.get(qid):
-                empty += 1
-                continue
-            examples.append(TrainingQuery(qid, positives, list(pools[qid])))
-        if empty:
-            log.warning("%d training queries have no hard-negative candidates in window %s and are skipped",
-                        empty, self.negative_window)
-        if not examples:
-            raise ValueError(f"no usable training queries in split '{self.train_split}' of {data.source}")
-        teacher = self._load_teacher_scores(examples) if self.teacher_scores_path else None
-        self.train_dataset = ListwiseTrainDataset(
-            data.queries, self.query_rows, data.corpus, self.corpus_rows, examples,
-            num_negatives=self.num_negatives, seed=self.seed, teacher_scores=teacher,
-        )
-        log.info("training: %d queries, %d negatives each from pools of median size %d", len(examples),
-                 self.num_negatives, sorted(len(e.negatives) for e in examples)[len(examples) // 2])
+            miner = DualEncoderRanker.load_from_checkpoint(self.miner_checkpoint, map_location="cpu")
+            rows = self.load().query_index()
+            queries = self.load().queries.select([rows[q] for q in query_ids])
+            return dense_run(miner, self.load().corpus, queries, depth=self._mining_depth(),
+                             batch_size=self.eval_batch_size)
+        return self._bm25(self.train_split, query_ids, self._mining_depth())
 
-    def _load_teacher_scores(self, examples: list[TrainingQuery]) -> dict[str, dict[str, float]]:
-        """Read the teacher score file and check it covers every training query's positives and pool."""
+    def _pools_from_run(self, run, query_ids, teacher_scores=None):
+        """Window + positive exclusion, then (optionally) teacher scoring and denoising."""
+        from datamodules.mining import negative_pool
+        from datamodules.negatives import MinedNegatives, denoise
+
+        qrels = self.load().qrels[self.train_split]
+        pools = negative_pool(run, {q: qrels[q] for q in query_ids}, window=self.negative_window)
+        positives = self._positives(query_ids)
+        scores = None
+        if self.teacher_checkpoint:
+            scores = self.score_with_teacher({q: [*positives[q], *pools[q]] for q in query_ids}, teacher_scores)
+        elif self._denoising():
+            scores = self._read_teacher_file()
+        dropped: dict[str, int] = {}
+        if self._denoising():
+            pools, dropped = denoise(pools, scores, positives, threshold=self.denoise_threshold, margin=self.denoise_margin)
+            total = sum(dropped.values())
+            log.info("denoising: dropped %d likely false negatives (%.2f per query, max %d) with threshold=%s margin=%s",
+                     total, total / max(1, len(query_ids)), max(dropped.values(), default=0),
+                     self.denoise_threshold, self.denoise_margin)
+        return MinedNegatives(pools, scores if self.teacher_checkpoint else None, dropped)
+
+    def mined(self, query_ids: list[str]):
+        """The training queries' negative pools (and teacher scores, if a teacher checkpoint is set),
+        from the cache when the same inputs were mined before, else mined now and cached."""
+        if self.refreshed is not None:
+            from datamodules.negatives import MiningSpec
+
+            hit = self.negative_cache().load(MiningSpec(**{**self.refreshed, "window": tuple(self.refreshed["window"])}))
+            if hit is not None:
+                return hit
+            log.warning("the refreshed negatives of the checkpoint are not in the cache; mining from scratch")
+        spec = self.mining_spec(query_ids)
+        cache = self.negative_cache()
+        hit = cache.load(spec)
+        if hit is not None:
+            return hit
+        mined = self._pools_from_run(self.candidate_run(query_ids), query_ids)
+        cache.save(spec, mined)
+        return mined
+
+    def score_with_teacher(self, candidates: dict[str, list[str]], known=None) -> dict[str, dict[str, float]]:
+        """Teacher (``teacher_checkpoint``) scores of each query's candidates; ``known`` scores are reused."""
+        import torch
+
+        from rankers.cross_encoder import CrossAttentionRanker
+
+        known = known or {}
+        todo = {q: [p for p in pids if p not in known.get(q, {})] for q, pids in candidates.items()}
+        pairs = [(q, p) for q, pids in todo.items() for p in pids]
+        scores = {q: dict(known.get(q, {})) for q in candidates}
+        if pairs:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            if self.trainer is not None and getattr(self.trainer, "strategy", None) is not None:
+                device = self.trainer.strategy.root_device
+            teacher = CrossAttentionRanker.load_from_checkpoint(self.teacher_checkpoint, map_location=device).eval()
+            data = self.load()
+            qrows, prows = data.query_index(), data.corpus_index()
+            qtext = data.queries.select([qrows[q] for q, _ in pairs])["text"]
+            ptext = data.corpus.select([prows[p] for _, p in pairs])["text"]
+            log.info("teacher: scoring %d (query, candidate) pairs with %s", len(pairs), self.teacher_checkpoint)
+            values = teacher.score(qtext, ptext, batch_size=self.eval_batch_size).tolist()
+            for (q, p), v in zip(pairs, values):
+                scores[q][p] = float(v)
+        return {q: {p: scores[q][p] for p in pids} for q, pids in candidates.items()}
+
+    def _read_teacher_file(self):
         from datamodules.formats import read_teacher_scores
 
         path = self.teacher_scores_path
@@ -323,7 +439,81 @@ class RankingDataModule(pl.LightningDataModule):
                 f"`python -m rankers predict --config configs/ca_teacher.yaml --ckpt_path CA_CKPT` "
                 f"(or run `python -m rankers reproduce`)"
             )
-        scores = read_teacher_scores(path)
+        return read_teacher_scores(path)
+
+    def _setup_train(self) -> None:
+        data = self.load()
+        query_ids = self._query_ids(self.train_split, self.max_train_queries)
+        mined = self.mined(query_ids)
+        self._set_training_queries(query_ids, mined)
+        log.info("training: %d queries, %d negatives each from pools of median size %d", len(self.train_dataset),
+                 self.num_negatives, mined.summary()["pool_size_median"])
+
+    def _set_training_queries(self, query_ids: list[str], mined) -> None:
+        data = self.load()
+        positives = self._positives(query_ids)
+        examples, empty = [], 0
+        for qid in query_ids:
+            if not mined.pools.get(qid):
+                empty += 1
+                continue
+            examples.append(TrainingQuery(qid, positives[qid], list(mined.pools[qid])))
+        if empty:
+            log.warning("%d training queries have no hard-negative candidates in window %s and are skipped",
+                        empty, self.negative_window)
+        if not examples:
+            raise ValueError(f"no usable training queries in split '{self.train_split}' of {data.source}")
+        if self.teacher_scores_path:
+            teacher = self._load_teacher_scores(examples)
+        elif mined.teacher_scores is not None:
+            teacher = {ex.query_id: mined.teacher_scores[ex.query_id] for ex in examples}
+        else:
+            teacher = None
+        epoch = self.train_dataset.epoch if self.train_dataset is not None else 0
+        self.train_dataset = ListwiseTrainDataset(
+            data.queries, self.query_rows, data.corpus, self.corpus_rows, examples,
+            num_negatives=self.num_negatives, seed=self.seed, teacher_scores=teacher, epoch=epoch,
+        )
+
+    # --- ANCE-style refresh during training -------------------------------------------------------
+    def refresh_negatives(self, model, index=None) -> None:
+        """Re-mine the training negatives with ``model`` (the DE being trained); rank 0 mines and caches,
+        every rank then loads the same pools (DDP-safe: barrier + broadcast of the cache key)."""
+        import dataclasses
+
+        from datamodules.negatives import dense_run
+
+        trainer = self.trainer
+        query_ids = [ex.query_id for ex in self.train_dataset.examples]
+        spec = dataclasses.replace(self.mining_spec(query_ids), miner="dense-refresh",
+                                   model_digest=f"epoch{trainer.current_epoch}:{_state_digest(model)}", run_digest=None)
+        if trainer.is_global_zero and self.negative_cache().load(spec) is None:
+            rows = self.load().query_index()
+            queries = self.load().queries.select([rows[q] for q in query_ids])
+            run = dense_run(model, self.load().corpus, queries, depth=self._mining_depth(), index=index,
+                            batch_size=self.eval_batch_size, progress=False)
+            known = self.train_dataset.teacher_scores if self.teacher_checkpoint else None
+            self.negative_cache().save(spec, self._pools_from_run(run, query_ids, teacher_scores=known))
+        spec_dict = trainer.strategy.broadcast(dataclasses.asdict(spec), src=0)
+        trainer.strategy.barrier("rankers-refresh")
+        self.refreshed = self._active_refresh = spec_dict
+        mined = self.mined(query_ids)
+        before = {ex.query_id: set(ex.negatives) for ex in self.train_dataset.examples}
+        self._set_training_queries(query_ids, mined)
+        changed = sum(1 for ex in self.train_dataset.examples if set(ex.negatives) != before.get(ex.query_id))
+        log.info("refreshed negatives at epoch %d with the current DE: %d of %d queries got a new pool",
+                 trainer.current_epoch, changed, len(self.train_dataset))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"refreshed": self.refreshed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.refreshed = state.get("refreshed")
+
+    def _load_teacher_scores(self, examples: list[TrainingQuery]) -> dict[str, dict[str, float]]:
+        """Read the teacher score file and check it covers every training query's positives and pool."""
+        path = self.teacher_scores_path
+        scores = self._read_teacher_file()
         for ex in examples:
             have = scores.get(ex.query_id)
             if have is None:
@@ -333,7 +523,10 @@ class RankingDataModule(pl.LightningDataModule):
                 if pid not in have:
                     raise ValueError(f"{path}: no teacher score for training query '{ex.query_id}', passage '{pid}' "
                                      f"(a {'positive' if pid in ex.positives else 'mined negative'}); the score file "
-                                     f"must cover each query's positives and negative pool")
+                                     f"must cover each query's positives and negative pool"
+                                     + (" -- negatives were refreshed during training: set --data.teacher_checkpoint "
+                                        "so new candidates get scored, or use an online teacher "
+                                        "(--model.teacher_checkpoint)" if self.refreshed else ""))
         return {ex.query_id: scores[ex.query_id] for ex in examples}
 
     def predict_pairs(self) -> PairDataset:
@@ -362,8 +555,26 @@ class RankingDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "setup('fit') first"
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        if self.refresh_every_n_epochs > 0 and epoch > 0 and epoch % self.refresh_every_n_epochs == 0 \
+                and (self.refreshed or {}).get("model_digest", "").split(":")[0] != f"epoch{epoch}":
+            self._refresh_from_trainer()
+        elif self.refreshed is not None and self._active_refresh != self.refreshed:  # resumed from a checkpoint
+            query_ids = [ex.query_id for ex in self.train_dataset.examples]
+            self._set_training_queries(query_ids, self.mined(query_ids))
+            self._active_refresh = self.refreshed
         self.train_dataset.epoch = epoch
         return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+
+    def _refresh_from_trainer(self) -> None:
+        model = self.trainer.lightning_module
+        if not getattr(model, "is_dual_encoder", False):
+            raise ValueError("refresh_every_n_epochs re-mines with the model being trained, which must be a DualEncoderRanker")
+        index = None
+        for callback in self.trainer.callbacks:
+            candidate = getattr(callback, "index", None)
+            if candidate is not None and candidate.ntotal == len(self.load().corpus):
+                index = candidate
+        self.refresh_negatives(model, index=index)
 
     def eval_names(self, stage: str) -> list[str]:
         """Names of the eval pair sets in dataloader order for a stage ("val" loop or "test" loop)."""
