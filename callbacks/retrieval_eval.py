@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from rankers.distributed import all_gather_rows, max_rows
+
 log = logging.getLogger(__name__)
 
 
@@ -68,6 +70,7 @@ class RetrievalEvaluator(Callback):
         self.results: dict[str, dict[str, float]] = {}
         self.runs: dict[str, dict[str, dict[str, float]]] = {}
         self.index = None  # the last dense index built (reused by dense mining)
+        self._run_path: Path | None = None
 
     # --- collecting the loop's pair scores ----------------------------------------------------------
     def _reset(self, *_: Any) -> None:
@@ -95,6 +98,7 @@ class RetrievalEvaluator(Callback):
 
     # --- evaluation -----------------------------------------------------------------------------
     def _gathered(self, trainer: pl.Trainer, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        """(pair index, score) of every pair scored on any rank, each pair once, sorted by pair index."""
         parts = self._buffers.get(idx, [])
         device = trainer.strategy.root_device
         if parts:
@@ -103,30 +107,35 @@ class RetrievalEvaluator(Callback):
         else:
             pair_index = torch.empty(0, dtype=torch.long, device=device)
             scores = torch.empty(0, device=device)
-        if trainer.world_size > 1:  # Lightning's DistributedSampler pads shards to equal size
-            pair_index = trainer.strategy.all_gather(pair_index).reshape(-1)
-            scores = trainer.strategy.all_gather(scores).reshape(-1)
+        if trainer.world_size > 1:  # ranks may hold different numbers of pairs; padding rows are dropped
+            rows = max_rows(len(pair_index), device)
+            valid = all_gather_rows(torch.ones_like(pair_index, dtype=torch.bool), rows)
+            pair_index, scores = all_gather_rows(pair_index, rows)[valid], all_gather_rows(scores, rows)[valid]
         pair_index, scores = pair_index.cpu().numpy(), scores.cpu().numpy()
-        _, first = np.unique(pair_index, return_index=True)  # drop the sampler's padding duplicates
+        # Lightning's DistributedSampler repeats a few pairs to give every rank as many: keep one of each
+        _, first = np.unique(pair_index, return_index=True)
         return pair_index[first], scores[first]
 
     def _run_dir(self, trainer: pl.Trainer) -> Path:
+        """Where run files go; call on every rank (``trainer.log_dir`` is a collective broadcast under DDP)."""
         base = self.output_dir or trainer.log_dir or trainer.default_root_dir
         return Path(base) / "runs"
 
     def _report(self, trainer, pl_module, name: str, mode: str, run, qrels) -> dict[str, float]:
+        """Metrics of ``run`` logged (same values on every rank) and kept; the run file written by rank 0."""
         from datamodules.formats import write_run
         from rankers.metrics import evaluate_run
 
         result = evaluate_run(run, qrels, self.metrics)
         values = {m: float(result[m]) for m in self.metrics}
         for metric, value in values.items():
+            # every rank computed the same value: sync_dist averages equal numbers (and keeps Lightning quiet)
             pl_module.log(f"{name}/{mode}/{metric}", value, prog_bar=(metric == self.metrics[0] and name != "train_subset"),
-                          sync_dist=False, rank_zero_only=False)
+                          sync_dist=True, rank_zero_only=False)
         self.results[f"{name}/{mode}"] = values
         self.runs[f"{name}/{mode}"] = run
         if self.write_runs and trainer.is_global_zero:
-            path = self._run_dir(trainer) / f"{name}-{mode}-epoch{trainer.current_epoch}.trec"
+            path = self._run_path / f"{name}-{mode}-epoch{trainer.current_epoch}.trec"
             write_run(run, path, tag=f"rankers-{mode}")
         log.info("%s/%s: %s (%d queries)", name, mode,
                  ", ".join(f"{k}={v:.4f}" for k, v in values.items()), int(result.get("num_queries", len(qrels))))
@@ -135,6 +144,7 @@ class RetrievalEvaluator(Callback):
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         dm = trainer.datamodule
         names = dm.eval_names(stage)
+        self._run_path = self._run_dir(trainer) if self.write_runs else None  # on every rank: a collective
         for idx, name in enumerate(names):
             pairs = dm.eval_sets[name]
             pair_index, scores = self._gathered(trainer, idx)
@@ -145,7 +155,8 @@ class RetrievalEvaluator(Callback):
             train, val = self.results.get(f"train_subset/{mode}"), self.results.get(f"val/{mode}")
             if stage == "val" and "train_subset" in names and train and val:
                 for metric in self.metrics:
-                    pl_module.log(f"gap/{mode}/{metric}", train[metric] - val[metric], rank_zero_only=False)
+                    pl_module.log(f"gap/{mode}/{metric}", train[metric] - val[metric], sync_dist=True,
+                                  rank_zero_only=False)
 
     def encode_corpus(self, trainer: pl.Trainer, pl_module) -> torch.Tensor:
         """Corpus embeddings in corpus order: each rank encodes its shard, then all ranks gather."""
@@ -158,12 +169,10 @@ class RetrievalEvaluator(Callback):
                            dtype=dtype, progress=trainer.is_global_zero, desc="encode corpus")
         if trainer.world_size == 1:
             return emb
-        width = shard_bounds(len(corpus), 0, trainer.world_size)[1]
-        padded = torch.zeros(width, emb.shape[1], dtype=dtype, device=trainer.strategy.root_device)
-        padded[: len(emb)] = emb.to(padded.device)
-        gathered = trainer.strategy.all_gather(padded).cpu()
+        width = shard_bounds(len(corpus), 0, trainer.world_size)[1]  # rank 0's shard is the largest
+        gathered = all_gather_rows(emb.to(trainer.strategy.root_device), width).cpu()  # [world * width, d]
         sizes = [b - a for a, b in (shard_bounds(len(corpus), r, trainer.world_size) for r in range(trainer.world_size))]
-        return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
+        return torch.cat([gathered[r * width : r * width + n] for r, n in enumerate(sizes)])
 
     def _full_retrieval(self, trainer, pl_module, eval_sets) -> None:
         from rankers.encode import encode_texts

@@ -107,7 +107,7 @@ class NegativeCache:
         scores = None
         if "scored_ids" in table:
             scores = {q: dict(zip(ids, sc)) for q, ids, sc in zip(table["query_id"], table["scored_ids"], table["scores"])}
-        log.info("mined negatives: cache hit %s (%s)", folder, provenance.get("summary"))
+        log.debug("mined negatives: cache hit %s (%s)", folder, provenance.get("summary"))
         return MinedNegatives(pools, scores, dropped)
 
     def save(self, spec: MiningSpec, mined: MinedNegatives) -> Path:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
@@ -33,6 +35,15 @@ def resolve_backbone(name_or_path: str) -> str:
 def _load(loader, name: str, what: str, **kwargs):
     try:
         return loader.from_pretrained(name, **kwargs)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        # the config's auto_map points at Python files shipped with the model: never run them by default
+        raise ValueError(
+            f"could not load the {what} for backbone '{name}': it ships its own model code (config.json "
+            "'auto_map'), which rankers does not run unless asked: pass --model.trust_remote_code true "
+            "(trust_remote_code=True) only for a source you trust"
+        ) from None
     except OSError as err:  # transformers raises OSError for missing dirs / unreachable hub
         hint = (
             f"'{name}' is not an existing directory, so it was treated as a Hugging Face hub name, "
@@ -56,7 +67,9 @@ def load_encoder(name_or_path: str, *, trust_remote_code: bool = False, gradient
     from transformers import AutoModel
 
     name = resolve_backbone(name_or_path)
-    model = _load(AutoModel, name, "encoder", trust_remote_code=trust_remote_code)
+    # float32 master weights whatever the checkpoint's storage dtype (transformers 5 defaults to "auto");
+    # mixed precision is the Trainer's job (--trainer.precision bf16-mixed).
+    model = _load(AutoModel, name, "encoder", trust_remote_code=trust_remote_code, dtype=torch.float32)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
@@ -77,7 +90,7 @@ def load_sequence_scorer(name_or_path: str, *, trust_remote_code: bool = False, 
     try:
         model = _load(
             AutoModelForSequenceClassification, name, "sequence-classification model",
-            num_labels=1, trust_remote_code=trust_remote_code,
+            num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32,
         )
     finally:
         transformers.logging.set_verbosity(verbosity)

@@ -9,27 +9,34 @@ Training loss (per batch of B queries, each with N candidates: its positive and 
 
 * ``S_inbatch`` -- query × all B·N passages of the batch (in-batch negatives; a passage that is a
   judged positive of the query is a positive wherever it appears), or only the query's own N
-  candidates when ``in_batch_negatives=False``;
+  candidates when ``in_batch_negatives=False``. Under DDP (training, ``gather_negatives=True``) the
+  passages of *every* rank's batch are gathered, so the columns are the whole global batch; the
+  gathered embeddings carry gradients back to the rank that encoded them;
 * ``s_own`` / ``t`` -- student / teacher scores of the query's own N candidates; teacher scores come
   from the batch (offline: a score file the CA's ``predict`` wrote) or from a frozen CA teacher
   loaded from ``teacher_checkpoint`` that scores every batch under ``no_grad`` (online);
 * ``L_distill`` -- one of :data:`rankers.losses.DISTILLATION_LOSSES` (``m3se`` is the paper's).
 
 Label training alone (Menon et al.'s "DE on labels") is ``distillation_loss=None, label_weight=1``.
+
+Under DDP each rank's loss terms are weighted (:func:`rankers.distributed.rank_weights`) so that DDP's
+gradient averaging yields the gradient of one process over the concatenated global batch.
 """
 from __future__ import annotations
 
 import copy
 import inspect
 import logging
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankers import distributed
 from rankers.backbone import load_encoder, load_tokenizer
-from rankers.collate import DualCollator
+from rankers.collate import DualCollator, is_listwise
 from rankers.losses import get_distillation_loss, one_hot_ce
 from rankers.module import RankerModule
 
@@ -44,6 +51,34 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-6)
 
 
+@dataclass
+class KeyedDualCollator(DualCollator):
+    """:class:`DualCollator` whose listwise batches also carry int64 id keys for cross-rank labels.
+
+    Adds ``passage_keys`` ``[B, N]`` (0 in padding slots; ``mask`` tells them apart), ``positive_keys``
+    and ``positive_mask`` ``[B, P]``: each query's judged positives, padded. With them a rank can build
+    the in-batch label matrix against passages gathered from other ranks (:func:`distributed.key_labels`).
+    """
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().__call__(examples)
+        if not is_listwise(examples):
+            return batch
+        bsz, width = batch["mask"].shape
+        passage_keys = torch.zeros(bsz, width, dtype=torch.long)
+        for i, ids in enumerate(batch["passage_ids"]):
+            passage_keys[i, : len(ids)] = distributed.id_keys(ids)
+        positives = [list(ex["positive_ids"]) for ex in examples]
+        n_pos = max(1, max(len(p) for p in positives))
+        positive_keys = torch.zeros(bsz, n_pos, dtype=torch.long)
+        positive_mask = torch.zeros(bsz, n_pos, dtype=torch.bool)
+        for i, ids in enumerate(positives):
+            positive_keys[i, : len(ids)] = distributed.id_keys(ids)
+            positive_mask[i, : len(ids)] = True
+        batch.update(passage_keys=passage_keys, positive_keys=positive_keys, positive_mask=positive_mask)
+        return batch
+
+
 class DualEncoderRanker(RankerModule):
     """Dual-encoder ranker.
 
@@ -56,6 +91,8 @@ class DualEncoderRanker(RankerModule):
         similarity: ``"dot"`` or ``"cos"``; scores are divided by ``temperature``.
         query_max_length / passage_max_length: token budgets.
         in_batch_negatives: use the other queries' candidates as extra negatives in the label loss.
+        gather_negatives: under DDP (world size > 1, training), use every rank's candidates as in-batch
+            negatives (all-gathered, gradients flowing back to each rank), not only the local batch's.
         label_weight: weight of the one-hot (label) loss.
         distillation_loss: name in ``rankers.losses.DISTILLATION_LOSSES`` or None for label training.
         distillation_temperature: temperature of the softmax-based distillation losses (kl, softmax_ce).
@@ -76,6 +113,7 @@ class DualEncoderRanker(RankerModule):
         query_max_length: int = 32,
         passage_max_length: int = 180,
         in_batch_negatives: bool = True,
+        gather_negatives: bool = True,
         label_weight: float = 1.0,
         distillation_loss: str | None = None,
         distillation_temperature: float = 1.0,
@@ -98,6 +136,7 @@ class DualEncoderRanker(RankerModule):
         self.query_max_length = query_max_length
         self.passage_max_length = passage_max_length
         self.in_batch_negatives = in_batch_negatives
+        self.gather_negatives = gather_negatives
         self.label_weight = label_weight
         self.distill_fn = get_distillation_loss(distillation_loss) if distillation_loss else None
         self.distill_kwargs: dict[str, Any] = {}
@@ -114,6 +153,7 @@ class DualEncoderRanker(RankerModule):
             self.passage_projection = self.query_projection if shared_towers else nn.Linear(hidden, embedding_dim)
         else:
             self.query_projection = self.passage_projection = nn.Identity()
+        self._freeze_unused_poolers()
         # The teacher is frozen and never saved with the student: keep it out of the module tree.
         object.__setattr__(self, "teacher", None)
         if teacher_checkpoint is not None:
@@ -127,6 +167,17 @@ class DualEncoderRanker(RankerModule):
         teacher.eval().requires_grad_(False)
         object.__setattr__(self, "teacher", teacher)
         log.info("online teacher loaded from %s", path)
+
+    def _freeze_unused_poolers(self) -> None:
+        """The towers' pooler heads (e.g. BERT's) never reach the loss (we pool ``last_hidden_state``).
+
+        Parameters that get no gradient make DDP fail on the second step ("parameters that were not used
+        in producing the loss"); freezing them keeps them in checkpoints and exports, unchanged.
+        """
+        for encoder in (self.query_encoder, self.passage_encoder):
+            pooler = getattr(encoder, "pooler", None)
+            if isinstance(pooler, nn.Module):
+                pooler.requires_grad_(False)
 
     def on_fit_start(self) -> None:
         if self.teacher is not None:
@@ -150,9 +201,9 @@ class DualEncoderRanker(RankerModule):
         max_length = self.query_max_length if side == "query" else self.passage_max_length
         return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
 
-    def collator(self) -> DualCollator:
+    def collator(self) -> KeyedDualCollator:
         teacher = self.teacher.collator() if self.teacher is not None else None
-        return DualCollator(self.tokenizer, self.tokenizer, self.query_max_length, self.passage_max_length, teacher)
+        return KeyedDualCollator(self.tokenizer, self.tokenizer, self.query_max_length, self.passage_max_length, teacher)
 
     # --- scoring --------------------------------------------------------------------------------
     def pair_scores(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -172,6 +223,47 @@ class DualEncoderRanker(RankerModule):
             )
         return batch["teacher_scores"]
 
+    def _gathers(self) -> bool:
+        """Gather in-batch negatives across ranks: training under DDP with ``gather_negatives``."""
+        return self.training and self.in_batch_negatives and self.gather_negatives and distributed.world_size() > 1
+
+    def _in_batch_label_loss(self, q: torch.Tensor, p: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """One-hot CE of each local query over the in-batch passages: the local batch's or, when gathering,
+        every rank's (the label matrix is then rebuilt from id keys against the gathered passages)."""
+        mask: torch.Tensor = batch["mask"]
+        bsz = mask.shape[0]
+        if not self._gathers():
+            scores = q @ p.T / self.temperature  # [B, B*N]
+            in_batch_labels = batch["in_batch_labels"].to(scores.device)
+            return one_hot_ce(scores, None, in_batch_labels, mask.reshape(1, -1).expand(bsz, -1))
+        if "passage_keys" not in batch:
+            raise ValueError("gathering in-batch negatives across ranks needs the batch's id keys: build "
+                             "batches with DualEncoderRanker.collator() (a KeyedDualCollator)")
+        device = p.device
+        rows = distributed.max_rows(p.shape[0], device)
+        passages = distributed.all_gather_rows(p, rows, with_grad=True)  # [W*rows, d]
+        keys = distributed.all_gather_rows(batch["passage_keys"].reshape(-1).to(device), rows)
+        valid = distributed.all_gather_rows(mask.reshape(-1).to(device), rows)  # padding rows are False
+        scores = q @ passages.T / self.temperature  # [B, W*rows]
+        labels = distributed.key_labels(batch["positive_keys"].to(device), batch["positive_mask"].to(device),
+                                        keys, valid)
+        return one_hot_ce(scores, None, labels, valid.view(1, -1).expand(bsz, -1))
+
+    def _rank_weights(self, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights of the label and distillation terms that make DDP's gradient average exact (ones otherwise).
+
+        Counted queries: label loss -- those with a positive (every query); distillation -- those with a
+        valid positive and a valid negative among their own candidates (the queries m3se / margin_mse /
+        rankdistil average over; for every loss, all training queries, which always have a negative).
+        """
+        if not self.training or distributed.world_size() == 1:
+            one = torch.ones((), device=mask.device)
+            return one, one
+        positive, negative = labels & mask, ~labels & mask
+        counts = torch.stack([positive.any(-1).sum(), (positive.any(-1) & negative.any(-1)).sum()])
+        weights = distributed.rank_weights(counts)
+        return weights[0], weights[1]
+
     def listwise_loss(self, batch: dict[str, Any]):
         mask: torch.Tensor = batch["mask"]
         labels = batch["labels"] > 0
@@ -179,21 +271,20 @@ class DualEncoderRanker(RankerModule):
         q = self.encode_query_inputs(batch["query_inputs"])
         p = self.encode_passage_inputs(batch["passage_inputs"])
         own = torch.einsum("bd,bnd->bn", q, p.view(bsz, width, -1)) / self.temperature
+        label_rank_weight, distill_rank_weight = self._rank_weights(labels.to(mask.device), mask)
         parts: dict[str, torch.Tensor] = {}
         loss = own.new_zeros(())
         if self.label_weight > 0:
             if self.in_batch_negatives:
-                scores = q @ p.T / self.temperature  # [B, B*N]
-                in_batch_labels = batch["in_batch_labels"].to(scores.device)
-                in_batch_mask = mask.reshape(1, -1).expand(bsz, -1)
-                label_loss = one_hot_ce(scores, None, in_batch_labels, in_batch_mask)
+                label_loss = self._in_batch_label_loss(q, p, batch)
             else:
                 label_loss = one_hot_ce(own, None, labels, mask)
             parts["label_loss"] = label_loss.detach()
-            loss = loss + self.label_weight * label_loss
+            loss = loss + self.label_weight * label_rank_weight * label_loss
         if self.distill_fn is not None:
+            # teacher scores are the query's own N candidates, aligned with ``own`` (never gathered)
             teacher = self.teacher_scores(batch).to(own.device)
             distill = self.distill_fn(own, teacher, labels, mask, **self.distill_kwargs)
             parts["distill_loss"] = distill.detach()
-            loss = loss + distill
+            loss = loss + distill_rank_weight * distill
         return loss, parts
