@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--embedded-scale", type=float, default=1.0, help="size multiplier of the embedded default data")
     a("--teacher-backbone", default="embedded", help="CA backbone: hub name, local directory or 'embedded'")
     a("--student-backbone", default="embedded", help="DE backbone: hub name, local directory or 'embedded'")
+    a("--pooling", default="cls", choices=["cls", "mean"], help="DE pooling (mean for sentence-transformers models)")
     a("--losses", default="m3se", help="comma-separated distillation losses: m3se,margin_mse,kl,softmax_ce,mse,rankdistil")
     a("--label-weight", type=float, default=0.0, help="weight of the one-hot label loss mixed into distillation")
     a("--train-split", default="train")
@@ -170,7 +171,7 @@ def run(args) -> dict[str, Any]:
                          dict(teacher_scores=str(scores_path))))
     for name, model_kw, dm_kw in students:
         pl.seed_everything(args.seed, workers=True)
-        de = DualEncoderRanker(backbone=args.student_backbone, query_max_length=args.query_max_length,
+        de = DualEncoderRanker(backbone=args.student_backbone, pooling=args.pooling, query_max_length=args.query_max_length,
                                passage_max_length=args.max_length, lr=args.student_lr, **model_kw)
         slug = name.lower().replace(" ", "_")
         results[name] = _fit_and_test(args, name, de, _datamodule(args, **dm_kw), out / slug, args.student_epochs)
