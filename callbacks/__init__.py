@@ -1,9 +1,13 @@
-"""Lightning callbacks of rankers: retrieval evaluation and teacher-score writing."""
+"""Lightning callbacks of rankers: retrieval evaluation, score diagnostics, teacher-score writing."""
 from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"RetrievalEvaluator": "callbacks.retrieval_eval", "TeacherScoreWriter": "callbacks.teacher_scores"}
+_EXPORTS = {
+    "RetrievalEvaluator": "callbacks.retrieval_eval",
+    "ScoreDiagnostics": "callbacks.score_diagnostics",
+    "TeacherScoreWriter": "callbacks.teacher_scores",
+}
 
 
 def __getattr__(name: str):

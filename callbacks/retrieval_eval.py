@@ -70,6 +70,7 @@ class RetrievalEvaluator(Callback):
         self.results: dict[str, dict[str, float]] = {}
         self.runs: dict[str, dict[str, dict[str, float]]] = {}
         self.index = None  # the last dense index built (reused by dense mining)
+        self.history: list[dict[str, dict[str, float]]] = []  # per validation epoch: {"{set}/{mode}": metrics}
         self._run_path: Path | None = None
 
     # --- collecting the loop's pair scores ----------------------------------------------------------
@@ -157,6 +158,8 @@ class RetrievalEvaluator(Callback):
                 for metric in self.metrics:
                     pl_module.log(f"gap/{mode}/{metric}", train[metric] - val[metric], sync_dist=True,
                                   rank_zero_only=False)
+        if stage == "val":
+            self.history.append({k: dict(v) for k, v in self.results.items() if not k.startswith("test/")})
 
     def encode_corpus(self, trainer: pl.Trainer, pl_module) -> torch.Tensor:
         """Corpus embeddings in corpus order: each rank encodes its shard, then all ranks gather."""

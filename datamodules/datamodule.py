@@ -59,6 +59,9 @@ class RankingDataModule(pl.LightningDataModule):
         dataset: ``"embedded"`` (generated locally), a BEIR or MS MARCO layout directory (detected), or a
             Hugging Face dataset name in BEIR's schema.
         embedded_scale: size multiplier of the embedded default (1.0 = the demo size).
+        embedded_spurious_cue: plant a train-only cue in the embedded default's training positives
+            (shows a label-trained model overfitting to it; off by default because it also derails
+            the teacher -- see datamodules/embedded.py).
         train_split / val_split / test_split: qrels split names.
         num_negatives: hard negatives per training query and step.
         negatives: ``"bm25"`` to mine with BM25, ``"run"`` to take them from ``negatives_run``,
@@ -69,6 +72,9 @@ class RankingDataModule(pl.LightningDataModule):
             (default: the window's end).
         refresh_every_n_epochs: ANCE-style: every N epochs re-mine the training negatives with the DE
             being trained (reusing the retrieval-eval callback's index); 0 = never.
+        predict_split: what ``predict`` scores: ``train`` (every training query's positives and negative
+            pool: the distillation teacher scores) or the ``val`` / ``test`` re-rank pairs (held-out
+            teacher scores, e.g. for ``callbacks.ScoreDiagnostics`` teacher-student agreement).
         teacher_checkpoint: a CrossAttentionRanker checkpoint that scores every training query's
             positives and mined pool once at mining time (cached with the negatives): used for
             denoising and as the distillation teacher scores when ``teacher_scores`` is not given.
@@ -94,6 +100,7 @@ class RankingDataModule(pl.LightningDataModule):
         self,
         dataset: str = EMBEDDED,
         embedded_scale: float = 1.0,
+        embedded_spurious_cue: bool = False,
         train_split: str = "train",
         val_split: str = "dev",
         test_split: str = "test",
@@ -105,6 +112,7 @@ class RankingDataModule(pl.LightningDataModule):
         mining_depth: int | None = None,
         refresh_every_n_epochs: int = 0,
         teacher_scores: str | None = None,
+        predict_split: Literal["train", "val", "test"] = "train",
         teacher_checkpoint: str | None = None,
         denoise_threshold: float | None = None,
         denoise_margin: float | None = None,
@@ -133,6 +141,7 @@ class RankingDataModule(pl.LightningDataModule):
             raise ValueError(f"RankingDataModule: negative_window must be [lo, hi) with 0 <= lo < hi, got {negative_window}")
         self.dataset = dataset
         self.embedded_scale = embedded_scale
+        self.embedded_spurious_cue = embedded_spurious_cue
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.num_negatives = num_negatives
         self.negatives = negatives
@@ -142,6 +151,7 @@ class RankingDataModule(pl.LightningDataModule):
         self.mining_depth = mining_depth
         self.refresh_every_n_epochs = refresh_every_n_epochs
         self.teacher_scores_path = teacher_scores
+        self.predict_split = predict_split
         self.teacher_checkpoint = teacher_checkpoint
         self.denoise_threshold = denoise_threshold
         self.denoise_margin = denoise_margin
@@ -174,7 +184,7 @@ class RankingDataModule(pl.LightningDataModule):
         for name in ("num_passages", "num_train_queries", "num_dev_queries", "num_test_queries"):
             if name in params and params[name].default is not inspect.Parameter.empty:
                 kwargs[name] = max(8, int(round(params[name].default * self.embedded_scale)))
-        return str(embedded.embedded_dataset_dir(seed=0, **kwargs))
+        return str(embedded.embedded_dataset_dir(seed=0, spurious_cue=self.embedded_spurious_cue, **kwargs))
 
     def cache_root(self) -> Path:
         if self.cache_dir:
@@ -272,8 +282,11 @@ class RankingDataModule(pl.LightningDataModule):
         data = self.load()
         self.query_rows = data.query_index()
         self.corpus_rows = data.corpus_index()
-        if stage in (None, "fit", "predict"):
+        if stage in (None, "fit") or (stage == "predict" and self.predict_split == "train"):
             self._setup_train()
+        if stage == "predict" and self.predict_split != "train":
+            split = self.val_split if self.predict_split == "val" else self.test_split
+            self.eval_sets[self.predict_split] = self._pair_set(split)
         if stage in (None, "fit", "validate"):
             self.eval_sets["val"] = self._pair_set(self.val_split)
             if self.train_subset_size > 0 and stage != "validate":
@@ -300,6 +313,10 @@ class RankingDataModule(pl.LightningDataModule):
     def _pair_set(self, split: str) -> PairDataset:
         data = self.load()
         query_ids = self._query_ids(split, self.max_eval_queries)
+        if not query_ids:
+            raise ValueError(f"split '{split}' of {data.source}: none of its {len(data.qrels[split])} queries has a "
+                             "judged positive (relevance > 0), so there is nothing to evaluate; choose another split "
+                             "with --data.val_split / --data.test_split")
         run = _top(self._candidate_run(split, query_ids), self.eval_depth)
         pairs = PairDataset(data.queries, self.query_rows, data.corpus, self.corpus_rows, run)
         pairs.split, pairs.qrels = split, {q: data.qrels[split][q] for q in query_ids}
@@ -356,7 +373,7 @@ class RankingDataModule(pl.LightningDataModule):
             from datamodules.negatives import dense_run
             from rankers.dual_encoder import DualEncoderRanker
 
-            miner = DualEncoderRanker.load_from_checkpoint(self.miner_checkpoint, map_location="cpu")
+            miner = DualEncoderRanker.load_from_checkpoint(self.miner_checkpoint, map_location="cpu", weights_only=True)
             rows = self.load().query_index()
             queries = self.load().queries.select([rows[q] for q in query_ids])
             return dense_run(miner, self.load().corpus, queries, depth=self._mining_depth(),
@@ -418,7 +435,7 @@ class RankingDataModule(pl.LightningDataModule):
             device = "cuda" if torch.cuda.is_available() else "cpu"
             if self.trainer is not None and getattr(self.trainer, "strategy", None) is not None:
                 device = self.trainer.strategy.root_device
-            teacher = CrossAttentionRanker.load_from_checkpoint(self.teacher_checkpoint, map_location=device).eval()
+            teacher = CrossAttentionRanker.load_from_checkpoint(self.teacher_checkpoint, map_location=device, weights_only=True).eval()
             data = self.load()
             qrows, prows = data.query_index(), data.corpus_index()
             qtext = data.queries.select([qrows[q] for q, _ in pairs])["text"]
@@ -545,12 +562,15 @@ class RankingDataModule(pl.LightningDataModule):
         return module.collator()
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed + (self.train_dataset.epoch if shuffle else 0))
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, generator=generator if shuffle else None,
-            num_workers=self.num_workers, collate_fn=self._collate(), pin_memory=self.pin_memory,
-            persistent_workers=False,
-        )
+        if shuffle:  # the training order: seeded per epoch, sharded over ranks, resumable mid-epoch
+            from datamodules.sampler import resumable_train_loader
+
+            return resumable_train_loader(
+                dataset, batch_size=batch_size, seed=self.seed, epoch=self.train_dataset.epoch,
+                num_replicas=getattr(self.trainer, "world_size", 1), rank=getattr(self.trainer, "global_rank", 0),
+                num_workers=self.num_workers, collate_fn=self._collate(), pin_memory=self.pin_memory)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=self._collate(), pin_memory=self.pin_memory, persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "setup('fit') first"
@@ -589,5 +609,5 @@ class RankingDataModule(pl.LightningDataModule):
         return [self._loader(self.eval_sets["test"], self.eval_batch_size, shuffle=False)]
 
     def predict_dataloader(self):
-        self.eval_sets["predict"] = self.predict_pairs()
+        self.eval_sets["predict"] = self.predict_pairs() if self.predict_split == "train" else self.eval_sets[self.predict_split]
         return self._loader(self.eval_sets["predict"], self.eval_batch_size, shuffle=False)

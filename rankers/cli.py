@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 # command -> ("module:function", one-line description); the function takes the remaining argv.
@@ -55,9 +56,32 @@ def lightning_cli(args=None, run: bool = True):
     )
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Exit with ``FILE:LINE: invalid YAML: ...`` for a ``--config`` file that is not valid YAML
+    (jsonargparse reports the line of ``<unicode string>``, not which of the stacked files it is)."""
+    import yaml
+
+    paths = [b for a, b in zip(argv, argv[1:]) if a in ("--config", "-c")]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        if not os.path.isfile(path):
+            continue  # jsonargparse reports missing files itself
+        try:
+            with open(path, encoding="utf-8") as fh:
+                yaml.safe_load(fh)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else path
+            print(f"error: {where}: invalid YAML: {getattr(err, 'problem', None) or err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
+    check_config_files(argv)
+    if argv and argv[0] in {"fit", "validate", "test", "predict"} and not any(a.startswith("--weights_only") for a in argv):
+        argv += ["--weights_only", "true"]  # never unpickle code from a checkpoint (URLs default to False in Lightning)
     if argv and argv[0] in PIPELINE_COMMANDS:
         module_name, func = PIPELINE_COMMANDS[argv[0]][0].split(":")
         return getattr(importlib.import_module(module_name), func)(argv[1:])

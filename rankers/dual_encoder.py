@@ -163,7 +163,7 @@ class DualEncoderRanker(RankerModule):
     def _load_teacher(self, path: str) -> None:
         from rankers.cross_encoder import CrossAttentionRanker
 
-        teacher = CrossAttentionRanker.load_from_checkpoint(path, map_location="cpu")
+        teacher = CrossAttentionRanker.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         teacher.eval().requires_grad_(False)
         object.__setattr__(self, "teacher", teacher)
         log.info("online teacher loaded from %s", path)

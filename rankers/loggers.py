@@ -24,22 +24,35 @@ from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 log = logging.getLogger(__name__)
 
 
+def _wandb_url():
+    return urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+
+
 def _wandb_host() -> str:
-    return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    return _wandb_url().hostname or "api.wandb.ai"
+
+
+def _wandb_address() -> tuple[str, int]:
+    """(host, port) of the W&B server; the port from ``WANDB_BASE_URL`` (self-hosted servers) or the scheme's."""
+    url = _wandb_url()
+    return _wandb_host(), url.port or (80 if url.scheme == "http" else 443)
 
 
 def wandb_api_key_configured() -> bool:
+    """A key in ``WANDB_API_KEY`` or a ``.netrc`` entry (``$NETRC`` or ``~/.netrc``) for the W&B server."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
-        return netrc.netrc(os.environ.get("NETRC", Path.home() / ".netrc")).authenticators(_wandb_host()) is not None
+        entries = netrc.netrc(os.environ.get("NETRC", Path.home() / ".netrc"))
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
+    return any(entries.authenticators(machine) is not None for machine in {_wandb_url().netloc, _wandb_host()})
 
 
 def wandb_reachable(timeout: float) -> bool:
+    """Whether a TCP connection to the W&B server opens within ``timeout`` seconds."""
     try:
-        with socket.create_connection((_wandb_host(), 443), timeout=timeout):
+        with socket.create_connection(_wandb_address(), timeout=timeout):
             return True
     except OSError:
         return False

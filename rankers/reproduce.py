@@ -33,9 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--output-dir", "--output_dir", default="runs/demo", help="where checkpoints, runs and the table go")
     a("--dataset", default="embedded", help="'embedded', a BEIR / MS MARCO directory, or an HF dataset name")
     a("--embedded-scale", type=float, default=1.0, help="size multiplier of the embedded default data")
+    a("--embedded-spurious-cue", action="store_true",
+      help="plant the embedded default's train-only cue (shows overfitting; also derails the teacher)")
     a("--teacher-backbone", default="embedded", help="CA backbone: hub name, local directory or 'embedded'")
     a("--student-backbone", default="embedded", help="DE backbone: hub name, local directory or 'embedded'")
-    a("--pooling", default="cls", choices=["cls", "mean"], help="DE pooling (mean for sentence-transformers models)")
+    a("--pooling", default="mean", choices=["cls", "mean"], help="DE pooling (mean for sentence-transformers models)")
     a("--losses", default="m3se", help="comma-separated distillation losses: m3se,margin_mse,kl,softmax_ce,mse,rankdistil")
     a("--label-weight", type=float, default=0.0, help="weight of the one-hot label loss mixed into distillation")
     a("--train-split", default="train")
@@ -43,15 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     a("--test-split", default="test")
     a("--teacher-epochs", type=int, default=4)
     a("--student-epochs", type=int, default=4)
-    a("--teacher-lr", type=float, default=3e-4)
-    a("--student-lr", type=float, default=3e-4)
+    a("--teacher-lr", type=float, default=1e-3)
+    a("--student-lr", type=float, default=5e-4)
     a("--batch-size", type=int, default=16, help="training queries per batch")
     a("--num-negatives", type=int, default=7)
     a("--max-length", type=int, default=64, help="CA pair length; DE passages use it too")
     a("--query-max-length", type=int, default=32)
     a("--max-train-queries", type=int, default=None)
     a("--max-eval-queries", type=int, default=None)
-    a("--eval-depth", type=int, default=100, help="candidates per query to re-rank")
+    a("--eval-depth", type=int, default=50, help="candidates per query to re-rank")
+    a("--negative-window", default="0,50", help="rank window lo,hi of the BM25 candidates negatives come from")
+    a("--train-subset", type=int, default=200, help="training queries evaluated each epoch (overfitting gap)")
+    a("--capacity-dims", default="4,8,16,32,64", help="embedding sizes for the capacity probe ('' to skip)")
     a("--accelerator", default="auto")
     a("--devices", default="1")
     a("--precision", default="32-true")
@@ -86,7 +91,9 @@ def _trainer(args, root: Path, epochs: int, callbacks: list, monitor: bool = Tru
 def _datamodule(args, **overrides):
     from datamodules.datamodule import RankingDataModule
 
-    kw = dict(dataset=args.dataset, embedded_scale=args.embedded_scale, train_split=args.train_split,
+    lo, hi = (int(x) for x in args.negative_window.split(","))
+    kw = dict(dataset=args.dataset, embedded_scale=args.embedded_scale, embedded_spurious_cue=args.embedded_spurious_cue,
+              negative_window=(lo, hi), train_subset_size=args.train_subset, train_split=args.train_split,
               val_split=args.val_split, test_split=args.test_split, num_negatives=args.num_negatives,
               batch_size=args.batch_size, eval_depth=args.eval_depth, max_train_queries=args.max_train_queries,
               max_eval_queries=args.max_eval_queries, num_workers=args.num_workers, seed=args.seed)
@@ -98,15 +105,20 @@ def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int) -> dict[s
     import lightning.pytorch as pl
 
     from callbacks.retrieval_eval import RetrievalEvaluator
+    from callbacks.score_diagnostics import ScoreDiagnostics
 
     evaluator = RetrievalEvaluator(metrics=("mrr@10", "ndcg@10", "recall@100", "recall@1000"), output_dir=str(root))
-    trainer = _trainer(args, root, epochs, [evaluator])
+    trainer = _trainer(args, root, epochs, [evaluator, ScoreDiagnostics(plot_dir=str(root / "plots"))])
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     fit_s = time.perf_counter() - start
     trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False)
     results = {k: v for k, v in evaluator.results.items() if k.startswith("test/")}
     results["_meta"] = {"fit_seconds": fit_s, "best_checkpoint": trainer.checkpoint_callback.best_model_path}
+    for key in ("rerank", "retrieval"):  # the overfitting gap at the last epoch: train subset vs val
+        if f"train_subset/{key}" in evaluator.history[-1] and f"val/{key}" in evaluator.history[-1]:
+            results[f"gap/{key}"] = {"train_subset": evaluator.history[-1][f"train_subset/{key}"]["mrr@10"],
+                                     "val": evaluator.history[-1][f"val/{key}"]["mrr@10"]}
     log.info("%s done in %.0fs: %s", name, fit_s, results)
     return results
 
@@ -163,6 +175,14 @@ def run(args) -> dict[str, Any]:
     predictor = _trainer(args, out / "ca_teacher" / "predict", 1, [writer], monitor=False)
     predictor.predict(ca, datamodule=dm, ckpt_path=results["CA teacher"]["_meta"]["best_checkpoint"],
                       return_predictions=False)
+    if args.capacity_dims:
+        from datamodules.formats import read_teacher_scores
+        from rankers.capacity import capacity_probe, markdown_table, write_report
+
+        dims = [int(d) for d in args.capacity_dims.split(",")]
+        rows = capacity_probe(read_teacher_scores(scores_path), dims, seed=args.seed)
+        write_report(rows, out / "capacity", {"teacher_scores": str(scores_path), "dims": dims})
+        print(markdown_table(rows))
 
     # 3. students from the same initialisation
     students = [("DE labels", dict(label_weight=1.0, distillation_loss=None), {})]
@@ -190,11 +210,21 @@ def run(args) -> dict[str, Any]:
             rows.append(row)
     elapsed = time.perf_counter() - started
     table = make_table(rows)
+    gap_lines = ["", "Overfitting gap at the last epoch (MRR@10, training-query subset vs validation):", "",
+                 "| model | eval | train subset | val | gap |", "|---|---|---|---|---|"]
+    for name, res in results.items():
+        for mode in ("rerank", "retrieval"):
+            if f"gap/{mode}" in res:
+                g = res[f"gap/{mode}"]
+                gap_lines.append(f"| {name} | {mode} | {g['train_subset']:.4f} | {g['val']:.4f} | "
+                                 f"{g['train_subset'] - g['val']:+.4f} |")
+    table += "\n".join(gap_lines)
     note = (f"\nDataset: {args.dataset}; teacher: {args.teacher_backbone}; student: {args.student_backbone}; "
             f"test split '{args.test_split}'. Re-rank rows score the same candidates (top-{args.eval_depth}); "
             f"gap closed = (DE_distill − DE_labels) / (CA − DE_labels) on re-rank MRR@10. Total time {elapsed:.0f}s.\n")
     (out / "paper_table.md").write_text(table + "\n" + note)
     payload = {"rows": rows, "seconds": elapsed, "args": vars(args),
+               "overfitting_gap": {k: v.get("gap/rerank") for k, v in results.items()},
                "fit_seconds": {k: v["_meta"]["fit_seconds"] for k, v in results.items()}}
     (out / "paper_table.json").write_text(json.dumps(payload, indent=2))
     print(table)

@@ -280,3 +280,83 @@ def test_hub_schema_without_qrels_directory(tmp_path):
     root = _hub_dir(tmp_path, b"".join(QUERIES), QRELS_HEADER + b"q1\td1\t1\n")
     shutil.rmtree(tmp_path / "hub-qrels")
     assert "hub-qrels" in str(_load_error(root))
+
+
+# ----------------------------------------------------------------------------- configs (LightningCLI / jsonargparse)
+
+
+
+def _cli_error(tmp_path: Path, monkeypatch, capsys, config: str) -> str:
+    """stderr of ``rankers fit`` with a valid base config plus ``bad.yaml`` holding ``config``; it must exit 2."""
+    from rankers.cli import main
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "configs", tmp_path / "configs")
+    (tmp_path / "bad.yaml").write_text(config)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "configs/de_baseline.yaml", "--config", "bad.yaml"])
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_config_unknown_key_names_the_key(tmp_path, monkeypatch, capsys):
+    err = _cli_error(tmp_path, monkeypatch, capsys, "data:\n  batch_size: 8\n  batch_sise: 8\n")
+    assert "does not accept option 'data.batch_sise'" in err, err
+
+
+def test_config_wrong_type_names_the_key_and_the_value(tmp_path, monkeypatch, capsys):
+    err = _cli_error(tmp_path, monkeypatch, capsys, "model:\n  init_args:\n    lr: fast\n")
+    assert 'key "lr"' in err and "Expected a <class 'float'>. Got value: fast" in err, err
+
+
+def test_config_yaml_syntax_error_names_the_file_and_line(tmp_path, monkeypatch, capsys):
+    err = _cli_error(tmp_path, monkeypatch, capsys, "data:\n  batch_size: 8\n  seed: 0: 1\n")
+    assert "bad.yaml:3" in err and "invalid YAML" in err, err
+
+
+# ----------------------------------------------------------------------------- eval splits in the DataModule
+
+
+def _records(name: str):
+    """Collect the records of logger ``name`` (the CLI turns propagation off, so caplog may miss them)."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def capture():
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler(logging.DEBUG)
+        handler.emit = records.append
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        try:
+            yield records
+        finally:
+            logger.removeHandler(handler)
+
+    return capture()
+
+
+def _eval_datamodule(root: Path):
+    from datamodules.datamodule import RankingDataModule
+
+    dm = RankingDataModule(dataset=str(root), val_split="test", test_split="test", train_subset_size=0,
+                           num_negatives=2, eval_depth=2, cache_dir=str(root.parent / "cache"))
+    dm.prepare_data()
+    return dm
+
+
+def test_eval_queries_without_a_positive_are_skipped_and_counted(tiny):
+    with _records("datamodules.datamodule") as records:  # tiny's test split: q3 (d4 relevant), q4 (grade 0 only)
+        dm = _eval_datamodule(tiny)
+        dm.setup("validate")
+    assert dm.eval_sets["val"].qrels == {"q3": {"d4": 1}}
+    warnings = [r.getMessage() for r in records if r.levelname == "WARNING"]
+    assert "split 'test': 1 of 2 queries have no judged positive and are skipped" in warnings
+
+
+def test_eval_split_without_any_positive_is_an_error_at_setup(tiny):
+    (tiny / "qrels" / "test.tsv").write_bytes(QRELS_HEADER + b"q4\td5\t0\n")
+    dm = _eval_datamodule(tiny)
+    with pytest.raises(ValueError, match=r"split 'test' of .*: none of its 1 queries has a judged positive"):
+        dm.setup("validate")

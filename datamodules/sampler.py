@@ -1,0 +1,128 @@
+"""A training order that survives a crash: resume mid-epoch exactly where the checkpoint was taken.
+
+Lightning (2.3+) saves ``state_dict()`` of every train dataloader that has ``state_dict`` /
+``load_state_dict`` into each checkpoint and hands it back to ``load_state_dict`` on resume
+(``fit(ckpt_path=...)``); a plain ``torch.utils.data.DataLoader`` has neither, so a run resumed from a
+mid-epoch checkpoint starts the epoch's data from the beginning again while Lightning still counts the
+batches already done: the first batches are trained twice and the last ones never (Lightning warns
+"your dataloader is not resumable").
+
+* :class:`ResumableSampler` -- one epoch's order: ``torch.randperm`` seeded by ``seed + epoch``, sharded
+  over ``num_replicas`` DDP ranks, exactly as ``DistributedSampler(seed=seed)`` after ``set_epoch(epoch)``
+  (it *is* one, so Lightning leaves it in place instead of swapping in its own); it can start a pass at
+  an offset into this rank's shard.
+* :class:`ResumableDataLoader` -- a ``DataLoader`` that counts the samples it handed out in the current
+  pass (``state_dict``) and, after ``load_state_dict``, starts its next pass where that count ended,
+  without loading the skipped items.
+
+Restoring the position is exact only if the epoch's items are a function of the epoch and the index,
+as for :class:`datamodules.examples.ListwiseTrainDataset` (negatives drawn from ``(seed, epoch, query
+id)``). The state is plain ints, so checkpoints still load with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ResumableSampler", "ResumableDataLoader", "resumable_train_loader"]
+
+
+class ResumableSampler(DistributedSampler):
+    """Seeded shuffle of one epoch, sharded over ranks, that can begin part-way through this rank's shard.
+
+    Args:
+        dataset: the map-style dataset (only its length is used).
+        seed, epoch: the permutation is ``torch.randperm(len(dataset), generator=manual_seed(seed + epoch))``.
+        shuffle: False keeps dataset order.
+        num_replicas, rank: DDP world size and this process's rank (1 and 0 in one process).
+        drop_last: as in ``DistributedSampler`` (False pads shards to equal size by repeating items).
+    """
+
+    def __init__(self, dataset: Dataset, *, seed: int = 0, epoch: int = 0, shuffle: bool = True,
+                 num_replicas: int = 1, rank: int = 0, drop_last: bool = False) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
+        self.set_epoch(epoch)
+        self._start: tuple[int, int] | None = None  # (epoch, samples of the shard to skip) for the next pass
+
+    def start_at(self, epoch: int, samples: int) -> None:
+        """Make the next pass over ``epoch`` begin after the first ``samples`` items of this rank's shard."""
+        if samples < 0:
+            raise ValueError(f"ResumableSampler.start_at: samples must be >= 0, got {samples}")
+        self._start = (int(epoch), int(samples))
+
+    def pending_start(self) -> int:
+        """Items the next pass will skip (0 unless :meth:`start_at` was called for the current epoch)."""
+        if self._start is None or self._start[0] != self.epoch:
+            return 0
+        return min(self._start[1], self.num_samples)
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.pending_start()
+        self._start = None  # a resume offset applies to one pass only
+        indices = list(super().__iter__())
+        return iter(indices[start:])
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`ResumableSampler` whose in-epoch position is checkpointed.
+
+    Same constructor as ``DataLoader`` (so Lightning can re-instantiate it); ``sampler`` must be a
+    :class:`ResumableSampler` and ``batch_size`` an int. ``state_dict()`` is
+    ``{"epoch", "samples", "num_replicas"}``: samples of this rank's shard handed out so far in the
+    current pass (a multiple of the batch size until the last, partial batch).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, ResumableSampler):
+            raise TypeError(f"ResumableDataLoader needs a ResumableSampler, got {type(self.sampler).__name__}")
+        if self.batch_size is None:
+            raise TypeError("ResumableDataLoader needs an int batch_size (no custom batch_sampler)")
+        self._position = {"epoch": self.sampler.epoch, "samples": 0}
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: the sampler's resume offset is read at the first batch, not when ``iter()`` is
+        # called, so a state loaded after the iterator was created (Lightning builds the train loader
+        # early to estimate the number of steps) still takes effect.
+        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        position = {"epoch": sampler.epoch, "samples": sampler.pending_start()}
+        self._position = position
+        for batch in super().__iter__():
+            position["samples"] += self.batch_size
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self._position["epoch"]), "samples": int(self._position["samples"]),
+                "num_replicas": int(self.sampler.num_replicas)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        if state.get("num_replicas", sampler.num_replicas) != sampler.num_replicas:
+            log.warning("the checkpoint's data position was saved with %s processes, this run has %s: the "
+                        "interrupted epoch cannot be continued in the same order, its remaining steps take "
+                        "batches from the start of a fresh pass", state.get("num_replicas"), sampler.num_replicas)
+            return
+        if state.get("epoch") != sampler.epoch:  # e.g. checkpoint taken on the epoch's last batch
+            return
+        sampler.start_at(state["epoch"], state["samples"])
+        self._position = {"epoch": sampler.epoch, "samples": sampler.pending_start()}
+
+
+def resumable_train_loader(dataset: Dataset, *, batch_size: int, seed: int, epoch: int, num_replicas: int = 1,
+                           rank: int = 0, **kwargs: Any) -> ResumableDataLoader:
+    """The training ``DataLoader`` of one epoch: shuffled by ``seed + epoch``, sharded, resumable.
+
+    ``kwargs`` go to ``DataLoader`` (``num_workers``, ``collate_fn``, ``pin_memory`` ...). The loader's
+    ``generator`` (it seeds dataloader workers) is seeded too, so no global RNG is consumed.
+    """
+    sampler = ResumableSampler(dataset, seed=seed, epoch=epoch, num_replicas=num_replicas, rank=rank)
+    kwargs.setdefault("generator", torch.Generator().manual_seed(seed + epoch))
+    return ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
