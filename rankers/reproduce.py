@@ -175,14 +175,11 @@ def run(args) -> dict[str, Any]:
     predictor = _trainer(args, out / "ca_teacher" / "predict", 1, [writer], monitor=False)
     predictor.predict(ca, datamodule=dm, ckpt_path=results["CA teacher"]["_meta"]["best_checkpoint"],
                       return_predictions=False)
-    if args.capacity_dims:
-        from datamodules.formats import read_teacher_scores
-        from rankers.capacity import capacity_probe, markdown_table, write_report
+    if args.capacity_dims:  # the paper's first claim, on this teacher's scores
+        from rankers.capacity import main as capacity
 
-        dims = [int(d) for d in args.capacity_dims.split(",")]
-        rows = capacity_probe(read_teacher_scores(scores_path), dims, seed=args.seed)
-        write_report(rows, out / "capacity", {"teacher_scores": str(scores_path), "dims": dims})
-        print(markdown_table(rows))
+        capacity(["--teacher-scores", str(scores_path), "--dims", args.capacity_dims, "--max-queries", "1000",
+                  "--seed", str(args.seed), "--output-dir", str(out / "capacity")])
 
     # 3. students from the same initialisation
     students = [("DE labels", dict(label_weight=1.0, distillation_loss=None), {})]
@@ -210,7 +207,7 @@ def run(args) -> dict[str, Any]:
             rows.append(row)
     elapsed = time.perf_counter() - started
     table = make_table(rows)
-    gap_lines = ["", "Overfitting gap at the last epoch (MRR@10, training-query subset vs validation):", "",
+    gap_lines = ["", "", "Overfitting gap at the last epoch (MRR@10, training-query subset vs validation):", "",
                  "| model | eval | train subset | val | gap |", "|---|---|---|---|---|"]
     for name, res in results.items():
         for mode in ("rerank", "retrieval"):
