@@ -2,12 +2,17 @@
 
 Used by the retrieval-eval callback, dense mining and the ``index`` command -- one implementation.
 Texts are processed in length-sorted batches (less padding), under ``inference_mode``, and the
-embeddings are returned in the input order. ``shard`` lets each DDP rank encode its own slice.
+embeddings are returned in the input order. ``shard_bounds`` lets each DDP rank encode its own slice;
+:func:`encode_in_chunks` writes a large corpus chunk by chunk to disk so an interrupted run resumes.
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -46,3 +51,85 @@ def encode_texts(
     if out is None:
         return torch.empty(0, 0, dtype=dtype)
     return out
+
+
+# --- chunked, resumable encoding (the ``index`` command) ------------------------------------------
+CHUNK_MANIFEST = "manifest.json"
+
+
+def _chunk_path(directory: Path, chunk: int) -> Path:
+    return directory / f"chunk-{chunk:06d}.npy"
+
+
+def _check_manifest(directory: Path, signature: dict[str, Any]) -> None:
+    """Write ``signature`` to the chunk directory, or check that the chunks there were made with it."""
+    path = directory / CHUNK_MANIFEST
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(signature, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); delete {directory} to start over") from None
+    for key in sorted(set(saved) | set(signature)):
+        if saved.get(key) != signature.get(key):
+            raise ValueError(
+                f"{path}: field '{key}' is {saved.get(key)!r} but this run has {signature.get(key)!r}: the chunks in "
+                f"{directory} were encoded with other settings; delete the directory (or pass --overwrite) to start over"
+            )
+
+
+def encode_in_chunks(
+    model,
+    texts: Sequence[str],
+    side: Literal["query", "passage"],
+    directory: str | Path,
+    *,
+    chunk_size: int = 100_000,
+    batch_size: int = 256,
+    dtype: torch.dtype = torch.float32,
+    signature: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> list[Path]:
+    """Encode ``texts`` chunk by chunk into ``directory/chunk-NNNNNN.npy`` ``[rows, d]`` files; resumable.
+
+    Chunk ``i`` holds rows ``[i * chunk_size, (i + 1) * chunk_size)`` in input order (each chunk is
+    encoded with :func:`encode_texts`, length-sorted). A chunk file is written atomically (temporary
+    file + rename), so after an interruption every file present is complete, and a later call with
+    the same arguments encodes only the missing chunks. ``signature`` (JSON-serialisable: model,
+    data fingerprint...) is stored in ``manifest.json`` together with the chunking settings, and a
+    mismatch on resume raises ``ValueError`` instead of mixing embeddings of two models or corpora.
+    ``texts`` only needs ``len`` and slicing (a ``datasets`` column is read one chunk at a time).
+
+    Returns:
+        The chunk files, in order.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"dtype must be torch.float32 or torch.float16 (numpy chunk files), got {dtype}")
+    directory = Path(directory)
+    n = len(texts)
+    _check_manifest(directory, {**(signature or {}), "side": side, "num_texts": n, "chunk_size": chunk_size,
+                                "dtype": str(dtype).removeprefix("torch.")})
+    num_chunks = -(-n // chunk_size)
+    paths = []
+    for chunk in tqdm(range(num_chunks), desc=f"encode {side} chunks", disable=not progress):
+        path, start = _chunk_path(directory, chunk), chunk * chunk_size
+        rows = min(chunk_size, n - start)
+        if path.exists():
+            have = np.load(path, mmap_mode="r").shape[0]
+            if have != rows:
+                raise ValueError(f"{path}: holds {have} rows, expected {rows}; delete it to re-encode that chunk")
+        else:
+            emb = encode_texts(model, list(texts[start : start + rows]), side, batch_size=batch_size, dtype=dtype,
+                               progress=progress, desc=f"chunk {chunk + 1}/{num_chunks}")
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as handle:
+                np.save(handle, emb.numpy())
+            os.replace(tmp, path)
+        paths.append(path)
+    return paths
