@@ -115,12 +115,34 @@ def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int) -> dict[s
     trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False)
     results = {k: v for k, v in evaluator.results.items() if k.startswith("test/")}
     results["_meta"] = {"fit_seconds": fit_s, "best_checkpoint": trainer.checkpoint_callback.best_model_path}
+    plot_gap_curves(evaluator.history, root / "plots" / "gap.png", f"{name}: train subset vs val")
     for key in ("rerank", "retrieval"):  # the overfitting gap at the last epoch: train subset vs val
         if f"train_subset/{key}" in evaluator.history[-1] and f"val/{key}" in evaluator.history[-1]:
             results[f"gap/{key}"] = {"train_subset": evaluator.history[-1][f"train_subset/{key}"]["mrr@10"],
                                      "val": evaluator.history[-1][f"val/{key}"]["mrr@10"]}
     log.info("%s done in %.0fs: %s", name, fit_s, results)
     return results
+
+
+def plot_gap_curves(history: list[dict[str, dict[str, float]]], path: Path, title: str) -> None:
+    """MRR@10 per epoch on the training-query subset and on validation (the overfitting gap)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.add_subplot()
+    epochs = list(range(len(history)))
+    for key, style in (("train_subset/rerank", "-"), ("val/rerank", "--"), ("train_subset/retrieval", "-"),
+                       ("val/retrieval", "--")):
+        values = [h.get(key, {}).get("mrr@10") for h in history]
+        if any(v is not None for v in values):
+            ax.plot(epochs, values, style, marker="o", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MRR@10")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
 
 
 def bm25_baseline(dm) -> dict[str, float]:

@@ -1,0 +1,29 @@
+"""Every shipped config (and the overlays stacked on them) parses against the classes' signatures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rankers.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STACKS = [
+    ["ca_teacher.yaml"], ["de_baseline.yaml"], ["de_distill.yaml"],
+    ["de_baseline.yaml", "overlays/scifact.yaml", "overlays/minilm.yaml", "overlays/cpu_smoke.yaml"],
+    ["ca_teacher.yaml", "overlays/teacher_val_scores.yaml"],
+    *[[f"{scale}/{name}.yaml", f"{scale}/trainer_gpu.yaml"]
+      for scale in ("msmarco", "nq") for name in ("ca_teacher", "de_baseline", "de_distill")],
+]
+
+
+@pytest.mark.parametrize("stack", STACKS, ids=lambda s: "+".join(s))
+def test_config_parses(stack, capsys):
+    args = ["fit"]
+    for name in stack:
+        args += ["--config", str(CONFIGS / name)]
+    with pytest.raises(SystemExit) as exit_:
+        main(args + ["--print_config"])
+    assert exit_.value.code in (0, None), capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "class_path: rankers." in printed and "data:" in printed
