@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--eval-depth", type=int, default=50, help="candidates per query to re-rank")
     a("--negative-window", default="0,50", help="rank window lo,hi of the BM25 candidates negatives come from")
     a("--train-subset", type=int, default=200, help="training queries evaluated each epoch (overfitting gap)")
+    a("--refresh-every", type=int, default=0,
+      help="students re-mine their negatives with themselves every N epochs (ANCE-style); 0 = BM25 negatives")
+    a("--denoise-margin", type=float, default=None,
+      help="students drop mined negatives the teacher scores within this margin of the positive (RocketQA)")
     a("--capacity-dims", default="4,8,16,32,64", help="embedding sizes for the capacity probe ('' to skip)")
     a("--accelerator", default="auto")
     a("--devices", default="1")
@@ -204,10 +208,19 @@ def run(args) -> dict[str, Any]:
                   "--seed", str(args.seed), "--output-dir", str(out / "capacity")])
 
     # 3. students from the same initialisation
-    students = [("DE labels", dict(label_weight=1.0, distillation_loss=None), {})]
+    mining: dict[str, Any] = {}
+    teacher_data: dict[str, Any] = dict(teacher_scores=str(scores_path))
+    if args.refresh_every or args.denoise_margin is not None:
+        # the teacher checkpoint scores every mined pool (refreshed ones too) once; those scores are
+        # both the denoising signal and the distillation targets
+        best = results["CA teacher"]["_meta"]["best_checkpoint"]
+        mining = dict(refresh_every_n_epochs=args.refresh_every, denoise_margin=args.denoise_margin,
+                      teacher_checkpoint=best)
+        teacher_data = {}
+    students = [("DE labels", dict(label_weight=1.0, distillation_loss=None), dict(mining))]
     for loss in losses:
         students.append((f"DE {loss}", dict(label_weight=args.label_weight, distillation_loss=loss),
-                         dict(teacher_scores=str(scores_path))))
+                         {**mining, **teacher_data}))
     for name, model_kw, dm_kw in students:
         pl.seed_everything(args.seed, workers=True)
         de = DualEncoderRanker(backbone=args.student_backbone, pooling=args.pooling, query_max_length=args.query_max_length,

@@ -92,7 +92,8 @@ def test_dense_mining_excludes_positives_and_uses_the_window(embedded_kw, tmp_pa
     from rankers.dual_encoder import DualEncoderRanker
 
     pl.seed_everything(0)
-    de = DualEncoderRanker(backbone="embedded", passage_max_length=64)
+    # mean pooling + cosine: an untrained BERT's CLS dot products are all ~128 ± 0.01 (rankings by rounding)
+    de = DualEncoderRanker(backbone="embedded", passage_max_length=64, pooling="mean", similarity="cos").eval()
     dm = _dm(**embedded_kw, negatives="dense", miner_checkpoint=_save(de, tmp_path / "de.ckpt"))
     qids = [ex.query_id for ex in dm.train_dataset.examples]
     rows = dm.load().query_index()
