@@ -21,7 +21,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Union
 
-import faiss
+try:  # faiss is a dependency, but a GPU box may lack a build for its CUDA: exact torch search then
+    import faiss
+except ImportError:  # pragma: no cover - exercised on machines without faiss
+    faiss = None
 import numpy as np
 import torch
 from torch import Tensor
@@ -47,6 +50,8 @@ _BLOCK_ROWS = 1 << 20
 # ----------------------------------------------------------------------------- backend choice
 def faiss_num_gpus() -> int:
     """GPUs visible to faiss (0 on CPU-only builds)."""
+    if faiss is None:
+        return 0
     get_num_gpus = getattr(faiss, "get_num_gpus", None)
     return int(get_num_gpus()) if get_num_gpus is not None else 0
 
@@ -62,12 +67,16 @@ def select_backend(preference: str = "auto") -> str:
     if preference not in ("auto", *BACKENDS):
         raise ValueError(f"search backend {preference!r}: expected one of auto, {', '.join(BACKENDS)}")
     gpus, cuda = faiss_num_gpus(), torch.cuda.is_available()
+    if preference.startswith("faiss") and faiss is None:
+        raise ValueError(f"search backend {preference!r}: faiss is not installed (pip install faiss-cpu, or a GPU build)")
     if preference == "faiss-gpu" and gpus == 0:
         raise ValueError("search backend 'faiss-gpu': faiss.get_num_gpus() is 0 (CPU-only faiss build or no GPU)")
     if preference != "auto":
         backend, why = preference, "requested"
     elif gpus > 0:
         backend, why = "faiss-gpu", f"faiss sees {gpus} GPU(s)"
+    elif faiss is None:
+        backend, why = "torch", f"faiss is not installed: exact torch search on {'cuda' if cuda else 'cpu'}"
     elif cuda:
         backend, why = "torch", "CUDA is available but this faiss build has no GPU support: exact torch search on cuda"
     else:

@@ -246,3 +246,20 @@ def test_faiss_gpu_matches_faiss_cpu(tmp_path, index_type):
     assert recall >= (0.999 if index_type == "flat" else 0.9)
     gpu_index.save(tmp_path / "g")
     assert DenseIndex.load(tmp_path / "g", backend="faiss-cpu").search(queries, 10)[1] == gpu
+
+
+def test_search_works_without_faiss_installed():
+    """The lent GPU machines have no faiss: `auto` must fall back to the exact torch search."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['faiss'] = None\n"
+            "import numpy as np, rankers.search as s\n"
+            "x = np.random.default_rng(0).normal(size=(40, 8)).astype('float32')\n"
+            "idx = s.DenseIndex.build(x, [str(i) for i in range(40)])\n"
+            "scores, ids = idx.search(x[:3], 1)\n"
+            "assert s.select_backend() == 'torch' and [r[0] for r in ids] == ['0', '1', '2'], ids\n"
+            "try:\n    s.select_backend('faiss-cpu')\nexcept ValueError as e:\n    print('refused:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "faiss is not installed" in out.stdout
