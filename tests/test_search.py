@@ -256,7 +256,7 @@ def test_search_works_without_faiss_installed():
     code = ("import sys; sys.modules['faiss'] = None\n"
             "import numpy as np, rankers.search as s\n"
             "x = np.random.default_rng(0).normal(size=(40, 8)).astype('float32')\n"
-            "idx = s.DenseIndex.build(x, [str(i) for i in range(40)])\n"
+            "idx = s.DenseIndex.build(x, [str(i) for i in range(40)], metric='cos')\n"
             "scores, ids = idx.search(x[:3], 1)\n"
             "assert s.select_backend() == 'torch' and [r[0] for r in ids] == ['0', '1', '2'], ids\n"
             "try:\n    s.select_backend('faiss-cpu')\nexcept ValueError as e:\n    print('refused:', e)\n")
