@@ -6,25 +6,16 @@ from pathlib import Path
 import pytest
 
 from datamodules.datamodule import RankingDataModule
+from stubs import StubTrainer
 from datamodules.formats import write_run
 
 
-class _Model:
-    """Stands in for a rankers model: a collator that keeps the raw examples."""
-
-    def collator(self):
-        return lambda examples: examples
-
-
-class _Trainer:
-    current_epoch = 0
-    lightning_module = _Model()
 
 
 def _dm(tmp_path: Path, **kw) -> RankingDataModule:
     kw.setdefault("cache_dir", str(tmp_path / "cache"))
     dm = RankingDataModule(**kw)
-    dm.trainer = _Trainer()
+    dm.trainer = StubTrainer()
     dm.prepare_data()
     return dm
 

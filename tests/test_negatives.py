@@ -7,24 +7,17 @@ import lightning.pytorch as pl
 import pytest
 
 from datamodules.datamodule import RankingDataModule
+from stubs import StubTrainer
 from datamodules.formats import read_run, write_run
 from datamodules.negatives import denoise
 from rankers.metrics import rank_passages
 
 
-class _Model:
-    def collator(self):
-        return lambda examples: examples
-
-
-class _Trainer:
-    current_epoch = 0
-    lightning_module = _Model()
 
 
 def _dm(**kw) -> RankingDataModule:
     dm = RankingDataModule(**kw)
-    dm.trainer = _Trainer()
+    dm.trainer = StubTrainer()
     dm.prepare_data()
     dm.setup("fit")
     return dm
