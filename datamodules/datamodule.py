@@ -75,12 +75,12 @@ class RankingDataModule(pl.LightningDataModule):
         predict_split: what ``predict`` scores: ``train`` (every training query's positives and negative
             pool: the distillation teacher scores) or the ``val`` / ``test`` re-rank pairs (held-out
             teacher scores, e.g. for ``callbacks.ScoreDiagnostics`` teacher-student agreement).
-        teacher_checkpoint: a CrossAttentionRanker checkpoint that scores every training query's
+        mining_teacher: a CrossAttentionRanker checkpoint that scores every training query's
             positives and mined pool once at mining time (cached with the negatives): used for
             denoising and as the distillation teacher scores when ``teacher_scores`` is not given.
         denoise_threshold / denoise_margin: drop mined candidates whose teacher score is above the
             threshold, or within the margin of the query's best positive (RocketQA); needs teacher
-            scores (``teacher_checkpoint`` or ``teacher_scores``).
+            scores (``mining_teacher`` or ``teacher_scores``).
         negative_window: 0-based rank window ``[lo, hi)`` of the candidate list negatives come from;
             judged positives are always excluded.
         teacher_scores: a TREC run file of teacher scores covering every training query's positives and
@@ -113,7 +113,7 @@ class RankingDataModule(pl.LightningDataModule):
         refresh_every_n_epochs: int = 0,
         teacher_scores: str | None = None,
         predict_split: Literal["train", "val", "test"] = "train",
-        teacher_checkpoint: str | None = None,
+        mining_teacher: str | None = None,
         denoise_threshold: float | None = None,
         denoise_margin: float | None = None,
         eval_candidates: str | None = None,
@@ -134,8 +134,8 @@ class RankingDataModule(pl.LightningDataModule):
             raise ValueError("RankingDataModule: negatives='run' needs negatives_run=PATH (a TREC run file)")
         if negatives == "dense" and not miner_checkpoint:
             raise ValueError("RankingDataModule: negatives='dense' needs miner_checkpoint=PATH (a DualEncoderRanker checkpoint)")
-        if (denoise_threshold is not None or denoise_margin is not None) and not (teacher_checkpoint or teacher_scores):
-            raise ValueError("RankingDataModule: denoising needs teacher scores: set teacher_checkpoint (a CA checkpoint) "
+        if (denoise_threshold is not None or denoise_margin is not None) and not (mining_teacher or teacher_scores):
+            raise ValueError("RankingDataModule: denoising needs teacher scores: set mining_teacher (a CA checkpoint) "
                              "or teacher_scores (a score file)")
         if negative_window[0] < 0 or negative_window[1] <= negative_window[0]:
             raise ValueError(f"RankingDataModule: negative_window must be [lo, hi) with 0 <= lo < hi, got {negative_window}")
@@ -152,7 +152,7 @@ class RankingDataModule(pl.LightningDataModule):
         self.refresh_every_n_epochs = refresh_every_n_epochs
         self.teacher_scores_path = teacher_scores
         self.predict_split = predict_split
-        self.teacher_checkpoint = teacher_checkpoint
+        self.mining_teacher = mining_teacher
         self.denoise_threshold = denoise_threshold
         self.denoise_margin = denoise_margin
         self.refreshed: dict[str, Any] | None = None  # spec of the last in-training refresh (checkpointed)
@@ -335,7 +335,7 @@ class RankingDataModule(pl.LightningDataModule):
     def mining_spec(self, query_ids: list[str]) -> "MiningSpec":
         from datamodules.negatives import MiningSpec, file_digest
 
-        teacher = self.teacher_checkpoint or (self.teacher_scores_path if self._denoising() else None)
+        teacher = self.mining_teacher or (self.teacher_scores_path if self._denoising() else None)
         return MiningSpec(
             miner=self.negatives, dataset_fingerprint=self.load().fingerprint(), split=self.train_split,
             depth=self._mining_depth(), window=tuple(self.negative_window), seed=self.seed,
@@ -389,7 +389,7 @@ class RankingDataModule(pl.LightningDataModule):
         pools = negative_pool(run, {q: qrels[q] for q in query_ids}, window=self.negative_window)
         positives = self._positives(query_ids)
         scores = None
-        if self.teacher_checkpoint:
+        if self.mining_teacher:
             scores = self.score_with_teacher({q: [*positives[q], *pools[q]] for q in query_ids}, teacher_scores)
         elif self._denoising():
             scores = self._read_teacher_file()
@@ -400,7 +400,7 @@ class RankingDataModule(pl.LightningDataModule):
             log.info("denoising: dropped %d likely false negatives (%.2f per query, max %d) with threshold=%s margin=%s",
                      total, total / max(1, len(query_ids)), max(dropped.values(), default=0),
                      self.denoise_threshold, self.denoise_margin)
-        return MinedNegatives(pools, scores if self.teacher_checkpoint else None, dropped)
+        return MinedNegatives(pools, scores if self.mining_teacher else None, dropped)
 
     def mined(self, query_ids: list[str]):
         """The training queries' negative pools (and teacher scores, if a teacher checkpoint is set),
@@ -422,7 +422,7 @@ class RankingDataModule(pl.LightningDataModule):
         return mined
 
     def score_with_teacher(self, candidates: dict[str, list[str]], known=None) -> dict[str, dict[str, float]]:
-        """Teacher (``teacher_checkpoint``) scores of each query's candidates; ``known`` scores are reused."""
+        """Teacher (``mining_teacher``) scores of each query's candidates; ``known`` scores are reused."""
         import torch
 
         from rankers.cross_encoder import CrossAttentionRanker
@@ -435,12 +435,12 @@ class RankingDataModule(pl.LightningDataModule):
             device = "cuda" if torch.cuda.is_available() else "cpu"
             if self.trainer is not None and getattr(self.trainer, "strategy", None) is not None:
                 device = self.trainer.strategy.root_device
-            teacher = CrossAttentionRanker.load_from_checkpoint(self.teacher_checkpoint, map_location=device, weights_only=True).eval()
+            teacher = CrossAttentionRanker.load_from_checkpoint(self.mining_teacher, map_location=device, weights_only=True).eval()
             data = self.load()
             qrows, prows = data.query_index(), data.corpus_index()
             qtext = data.queries.select([qrows[q] for q, _ in pairs])["text"]
             ptext = data.corpus.select([prows[p] for _, p in pairs])["text"]
-            log.info("teacher: scoring %d (query, candidate) pairs with %s", len(pairs), self.teacher_checkpoint)
+            log.info("teacher: scoring %d (query, candidate) pairs with %s", len(pairs), self.mining_teacher)
             values = teacher.score(qtext, ptext, batch_size=self.eval_batch_size).tolist()
             for (q, p), v in zip(pairs, values):
                 scores[q][p] = float(v)
@@ -509,7 +509,7 @@ class RankingDataModule(pl.LightningDataModule):
             queries = self.load().queries.select([rows[q] for q in query_ids])
             run = dense_run(model, self.load().corpus, queries, depth=self._mining_depth(), index=index,
                             batch_size=self.eval_batch_size, progress=False)
-            known = self.train_dataset.teacher_scores if self.teacher_checkpoint else None
+            known = self.train_dataset.teacher_scores if self.mining_teacher else None
             self.negative_cache().save(spec, self._pools_from_run(run, query_ids, teacher_scores=known))
         spec_dict = trainer.strategy.broadcast(dataclasses.asdict(spec), src=0)
         trainer.strategy.barrier("rankers-refresh")
@@ -541,7 +541,7 @@ class RankingDataModule(pl.LightningDataModule):
                     raise ValueError(f"{path}: no teacher score for training query '{ex.query_id}', passage '{pid}' "
                                      f"(a {'positive' if pid in ex.positives else 'mined negative'}); the score file "
                                      f"must cover each query's positives and negative pool"
-                                     + (" -- negatives were refreshed during training: set --data.teacher_checkpoint "
+                                     + (" -- negatives were refreshed during training: set --data.mining_teacher "
                                         "so new candidates get scored, or use an online teacher "
                                         "(--model.teacher_checkpoint)" if self.refreshed else ""))
         return {ex.query_id: scores[ex.query_id] for ex in examples}

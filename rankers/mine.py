@@ -5,7 +5,7 @@ flags, mines with the configured miner (BM25, a run file, or a dense DE checkpoi
 and denoises with a CA teacher, caches the result with its provenance, and writes:
 
 * ``OUTPUT/negatives.trec``       -- each training query's negative pool as a TREC run (score = −rank);
-* ``OUTPUT/teacher_scores.trec``  -- teacher scores of positives + pool (when ``--data.teacher_checkpoint``);
+* ``OUTPUT/teacher_scores.trec``  -- teacher scores of positives + pool (when ``--data.mining_teacher``);
 * ``OUTPUT/provenance.json``      -- miner, model checkpoint hash, depth, window, filters, seed, dataset
   fingerprint, and a summary (pool sizes, false negatives dropped per query).
 
@@ -13,7 +13,7 @@ Example::
 
     python -m rankers mine --config configs/de_distill.yaml --data.negatives dense \\
         --data.miner_checkpoint runs/de_baseline/checkpoints/best.ckpt \\
-        --data.teacher_checkpoint runs/ca_teacher/checkpoints/best.ckpt --data.denoise_margin 0.5 \\
+        --data.mining_teacher runs/ca_teacher/checkpoints/best.ckpt --data.denoise_margin 0.5 \\
         --output runs/mined
 """
 from __future__ import annotations

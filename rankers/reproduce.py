@@ -215,7 +215,7 @@ def run(args) -> dict[str, Any]:
         # both the denoising signal and the distillation targets
         best = results["CA teacher"]["_meta"]["best_checkpoint"]
         mining = dict(refresh_every_n_epochs=args.refresh_every, denoise_margin=args.denoise_margin,
-                      teacher_checkpoint=best)
+                      mining_teacher=best)
         teacher_data = {}
     students = [("DE labels", dict(label_weight=1.0, distillation_loss=None), dict(mining))]
     for loss in losses:

@@ -102,7 +102,7 @@ def test_teacher_scores_are_computed_once_and_reused(embedded_kw, tmp_path, monk
 
     pl.seed_everything(0)
     ckpt = _save(CrossAttentionRanker(backbone="embedded", max_length=64), tmp_path / "ca.ckpt")
-    kw = {**embedded_kw, "teacher_checkpoint": ckpt, "denoise_threshold": 1e9}
+    kw = {**embedded_kw, "mining_teacher": ckpt, "denoise_threshold": 1e9}
     dm = _dm(**kw)
     ds = dm.train_dataset
     assert ds.teacher_scores is not None
@@ -156,3 +156,14 @@ def test_mine_command_writes_run_scores_and_provenance(embedded_kw, tmp_path):
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["spec"]["window"] == [0, 10] and provenance["summary"]["queries"] >= len(run)
     assert all(len(c) <= 10 for c in run.values())
+
+
+def test_mining_teacher_does_not_clash_with_the_students_online_teacher_hparam():
+    """Lightning merges model and DataModule hparams for loggers: equal names with different values fail."""
+    import inspect
+
+    from rankers.dual_encoder import DualEncoderRanker
+
+    data_args = set(inspect.signature(RankingDataModule.__init__).parameters) - {"self"}
+    model_args = set(inspect.signature(DualEncoderRanker.__init__).parameters) - {"self"}
+    assert not data_args & model_args, data_args & model_args
