@@ -168,8 +168,12 @@ class RetrievalEvaluator(Callback):
         corpus = trainer.datamodule.load().corpus
         start, end = shard_bounds(len(corpus), trainer.global_rank, trainer.world_size)
         dtype = torch.float16 if self.fp16_embeddings else torch.float32
-        emb = encode_texts(pl_module, corpus[start:end]["text"], "passage", batch_size=self.encode_batch_size,
-                           dtype=dtype, progress=trainer.is_global_zero, desc="encode corpus")
+        # a lazy Arrow column (datasets >= 4): encode_texts reads it batch by batch instead of holding
+        # every passage as a Python string (about 1 GiB per million passages)
+        shard = corpus if (start, end) == (0, len(corpus)) else corpus.select(range(start, end))
+        with trainer.precision_plugin.forward_context():  # the trainer's autocast (bf16-mixed...), as in validation
+            emb = encode_texts(pl_module, shard["text"], "passage", batch_size=self.encode_batch_size,
+                               dtype=dtype, progress=trainer.is_global_zero, desc="encode corpus")
         if trainer.world_size == 1:
             return emb
         width = shard_bounds(len(corpus), 0, trainer.world_size)[1]  # rank 0's shard is the largest
@@ -183,13 +187,16 @@ class RetrievalEvaluator(Callback):
 
         data = trainer.datamodule.load()
         embeddings = self.encode_corpus(trainer, pl_module)
+        # DenseIndex.add reads a datasets Column of ids in bulk (iterating it costs ~30 µs per row)
         self.index = DenseIndex.build(embeddings, data.corpus["id"], backend=self.search_backend,
                                       index_type=self.index_type)
+        del embeddings  # the index holds its own copy: do not keep the matrix through the query loop
         for name, pairs in eval_sets:
             query_ids = list(pairs.qrels)
             rows = [trainer.datamodule.query_rows[q] for q in query_ids]
             texts = data.queries.select(rows)["text"] if rows else []
-            q_emb = encode_texts(pl_module, texts, "query", batch_size=self.encode_batch_size)
+            with trainer.precision_plugin.forward_context():
+                q_emb = encode_texts(pl_module, texts, "query", batch_size=self.encode_batch_size)
             scores, ids = self.index.search(q_emb, self.retrieval_depth)
             run = DenseIndex.to_run(query_ids, scores, ids)
             self._report(trainer, pl_module, name, "retrieval", run, pairs.qrels)

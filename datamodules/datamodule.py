@@ -33,15 +33,30 @@ log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 
 
+_DIGEST_CHUNK_BYTES = 1 << 24  # _state_digest reads (and moves to the host) at most this much at a time
+
+
 def _state_digest(model) -> str:
-    """A short hash of a model's parameters (names the in-training state negatives were mined with)."""
+    """A short hash of a model's state (names the in-training state negatives were mined with).
+
+    Every byte of every tensor is hashed (with its name, dtype and shape), read in chunks of at most
+    ``_DIGEST_CHUNK_BYTES`` so that a large tensor on a GPU is never copied to the host whole.
+    Tensors are hashed as raw bytes (``view(torch.uint8)``), which also covers dtypes numpy lacks
+    (bfloat16, float8).
+    """
     import hashlib
 
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, value in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
-        h.update(str(float(tensor.detach().float().sum())).encode())
+        if not isinstance(value, torch.Tensor):  # e.g. a module's extra state
+            h.update(repr(value).encode())
+            continue
+        tensor = value.detach()
+        h.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        raw = tensor.contiguous().reshape(-1).view(torch.uint8)
+        for start in range(0, raw.numel(), _DIGEST_CHUNK_BYTES):
+            h.update(raw[start : start + _DIGEST_CHUNK_BYTES].cpu().numpy().data)
     return h.hexdigest()[:16]
 
 

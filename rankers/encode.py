@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +25,45 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, start + per + (1 if rank < extra else 0)
 
 
+# Rows read at a time to take the text lengths of an Arrow-backed column (a ``datasets`` Column).
+_LENGTH_CHUNK_ROWS = 1 << 16
+
+
+def is_datasets_column(x: Any) -> bool:
+    """Whether ``x`` is a ``datasets`` Column (``dataset["text"]`` in datasets >= 4): a lazy view of Arrow
+    data whose item-by-item access is slow (``__iter__`` ~30 µs, ``__getitem__(int)`` ~700 µs per row)
+    but whose slices and lists of indices are read in bulk. Does not import ``datasets``."""
+    column = getattr(sys.modules.get("datasets.arrow_dataset"), "Column", None)
+    return column is not None and isinstance(x, column)
+
+
+def _as_str_list(values: Any) -> list[str]:
+    """What a Column returned for a slice or a list of indices, as a list (numpy / Arrow formats)."""
+    if isinstance(values, list):
+        return values
+    if hasattr(values, "to_pylist"):
+        return values.to_pylist()
+    return list(values)
+
+
+def _text_reader(texts: Sequence[str]) -> tuple[np.ndarray, Callable[[list[int]], list[str]]]:
+    """(character length of every text, a function returning the texts at given positions).
+
+    A ``datasets`` Column is never turned into one list of all its texts: the lengths are taken
+    ``_LENGTH_CHUNK_ROWS`` rows at a time, and each batch reads only its own rows (one bulk Arrow
+    read per batch).
+    """
+    n = len(texts)
+    if is_datasets_column(texts):
+        lengths = np.empty(n, dtype=np.int64)
+        for start in range(0, n, _LENGTH_CHUNK_ROWS):
+            chunk = _as_str_list(texts[start : start + _LENGTH_CHUNK_ROWS])
+            lengths[start : start + len(chunk)] = [len(t) for t in chunk]
+        return lengths, lambda idx: _as_str_list(texts[idx])
+    lengths = np.fromiter((len(texts[i]) for i in range(n)), dtype=np.int64, count=n)
+    return lengths, lambda idx: [texts[i] for i in idx]
+
+
 @torch.inference_mode()
 def encode_texts(
     model,
@@ -35,19 +75,25 @@ def encode_texts(
     progress: bool = False,
     desc: str | None = None,
 ) -> torch.Tensor:
-    """Embeddings ``[len(texts), d]`` (on CPU, ``dtype``) of ``texts`` with a DualEncoderRanker."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    """Embeddings ``[len(texts), d]`` (on CPU, ``dtype``) of ``texts`` with a DualEncoderRanker.
+
+    ``texts`` is any sequence of strings; a ``datasets`` Column (e.g. ``corpus["text"]``) is read
+    lazily, batch by batch, instead of being materialised as a list of all its strings.
+    """
+    lengths, read = _text_reader(texts)
+    # longest first; equal lengths keep their input order (what sorted(..., reverse=True) gives)
+    order = np.argsort(-lengths, kind="stable")
     encode = model.encode_query_inputs if side == "query" else model.encode_passage_inputs
     out: torch.Tensor | None = None
     device = model.device
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc=desc or f"encode {side}s", disable=not progress, leave=False):
         idx = order[start : start + batch_size]
-        inputs = model.tokenize([texts[i] for i in idx], side)
+        inputs = model.tokenize(read(idx.tolist()), side)
         emb = encode({k: v.to(device, non_blocking=True) for k, v in inputs.items()}).to("cpu", dtype)
         if out is None:
-            out = torch.empty(len(texts), emb.shape[1], dtype=dtype)
-        out[torch.as_tensor(idx)] = emb
+            out = torch.empty(len(order), emb.shape[1], dtype=dtype)
+        out[torch.from_numpy(idx)] = emb
     if out is None:
         return torch.empty(0, 0, dtype=dtype)
     return out

@@ -110,3 +110,46 @@ def test_embedded_default_is_generated_and_loads(tmp_path):
     data = dm.load()
     assert data.layout == "beir" and set(data.qrels) >= {"train", "dev", "test"}
     assert len(dm.train_dataset) > 0 and len(dm.eval_sets["val"].qrels) == 10
+
+
+def _old_state_digest(model) -> str:
+    """The digest before it hashed whole tensors: the first 4 KiB and the sum of each."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+        h.update(str(float(tensor.detach().float().sum())).encode())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_state_digest_sees_one_element_deep_inside_a_large_tensor(dtype):
+    import copy
+
+    import torch
+
+    from datamodules.datamodule import _state_digest
+
+    dtype = getattr(torch, dtype)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 256), torch.nn.LayerNorm(256)).to(dtype)
+    with torch.no_grad():  # small integers: every sum is exact, in any order and dtype
+        model[0].weight.copy_((torch.arange(256 * 512).reshape(256, 512) % 7 - 3).to(dtype))
+    same = copy.deepcopy(model)
+    assert _state_digest(same) == _state_digest(model) and len(_state_digest(model)) == 16
+    changed = copy.deepcopy(model)
+    with torch.no_grad():  # swap two elements far past the first 4 KiB: the sum does not change
+        w = changed[0].weight
+        a, b = w[200, 300].clone(), w[250, 511].clone()
+        assert a != b
+        w[200, 300], w[250, 511] = b, a
+    assert _old_state_digest(changed) == _old_state_digest(model)  # what the old digest missed
+    assert _state_digest(changed) != _state_digest(model)
+    with torch.no_grad():  # one element changed by one ulp, deep inside
+        nudged = copy.deepcopy(model)
+        nudged[0].weight[255, 500] = torch.nextafter(nudged[0].weight[255, 500], torch.tensor(10.0, dtype=dtype))
+    assert _state_digest(nudged) != _state_digest(model)
+    # same values, another dtype or shape: another state
+    assert _state_digest(copy.deepcopy(model).float() if dtype != torch.float32 else copy.deepcopy(model).double()) \
+        != _state_digest(model)

@@ -263,3 +263,92 @@ def test_search_works_without_faiss_installed():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "faiss is not installed" in out.stdout
+
+
+# ----------------------------------------------------------------------------- bulk ids, chunked adds
+def _column_dataset(ids, tmp_path):
+    """``ids`` as a memory-mapped ``datasets`` Dataset (what load_retrieval_data gives the callback)."""
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"id": list(ids), "n": list(range(len(ids)))}).save_to_disk(str(tmp_path / "ds"))
+    return datasets.load_from_disk(str(tmp_path / "ds"))
+
+
+@pytest.mark.parametrize("backend", ["faiss-cpu", "torch"])
+def test_ids_from_a_datasets_column_equal_a_list(backend, tmp_path, monkeypatch):
+    passages, queries, ids = _data(8)
+    ds = _column_dataset(ids, tmp_path)
+    column = ds["id"]
+    if not search_mod.is_datasets_column(column):
+        pytest.skip("datasets < 4: dataset['id'] is already a list")
+    reference = DenseIndex.build(passages, ids, backend=backend, device="cpu")
+    # iterating a Column row by row is what made 1M-passage index builds take a minute: forbid it
+    monkeypatch.setattr(type(column), "__iter__", lambda self: pytest.fail("Column iterated row by row"))
+    from_column = DenseIndex.build(passages, column, backend=backend, device="cpu")
+    assert from_column.ids == ids and all(type(i) is str for i in from_column.ids)
+    assert from_column.search(queries, 10)[1] == reference.search(queries, 10)[1]
+    # a Column with an indices mapping (select), a pyarrow array, a tuple, a numpy array
+    order = list(range(N - 1, -1, -1))
+    reversed_ids = [ids[i] for i in order]
+    selected = DenseIndex.build(passages[order], ds.select(order)["id"], backend=backend, device="cpu")
+    assert selected.ids == reversed_ids
+    assert selected.search(queries, 10)[1] == reference.search(queries, 10)[1]
+    for other in (ds.data.column("id"), ds.data.column("id").combine_chunks(), tuple(ids), np.array(ids)):
+        assert DenseIndex.build(passages, other, backend=backend, device="cpu").ids == ids
+
+
+@pytest.mark.parametrize("backend", ["faiss-cpu", "torch"])
+@pytest.mark.parametrize("metric", ["ip", "cos", "l2"])
+def test_chunked_conversion_equals_one_chunk(backend, metric, monkeypatch):
+    passages, queries, ids = _data(9)
+    whole = DenseIndex.build(passages, ids, backend=backend, metric=metric, device="cpu")
+    monkeypatch.setattr(search_mod, "_ADD_CHUNK_ROWS", 64)  # 600 rows: 10 chunks, the last one short
+    monkeypatch.setattr(search_mod, "_BLOCK_ROWS", 250)
+    s1, i1 = whole.search(queries, 20)
+    for source in (passages, torch.from_numpy(passages), passages.tolist()):
+        chunked = DenseIndex.build(source, ids, backend=backend, metric=metric, device="cpu")
+        assert chunked.ntotal == N and chunked.ids == ids
+        if backend == "torch":  # the chunks are copied into blocks allocated once, not one block per chunk
+            assert [len(b) for b in chunked._store.blocks] == [250, 250, 100]
+        s2, i2 = chunked.search(queries, 20)
+        assert i1 == i2
+        np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-5)
+    half = torch.from_numpy(passages).half()  # fp16 input: converted chunk by chunk, equal to converting it whole
+    a = DenseIndex.build(half, ids, backend=backend, metric=metric, device="cpu").search(queries, 20)
+    monkeypatch.setattr(search_mod, "_ADD_CHUNK_ROWS", 1 << 16)
+    b = DenseIndex.build(half.float(), ids, backend=backend, metric=metric, device="cpu").search(queries, 20)
+    assert a[1] == b[1]
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("backend", ["faiss-cpu", "torch"])
+@pytest.mark.parametrize("kind", ["numpy-fp32", "numpy-fp64", "torch-fp16", "torch-bf16"])
+def test_non_finite_row_in_a_later_chunk_names_its_row_and_id(backend, kind, monkeypatch, tmp_path):
+    monkeypatch.setattr(search_mod, "_ADD_CHUNK_ROWS", 64)
+    passages, queries, ids = _data(10)
+    bad = passages.astype(np.float64)
+    if kind == "numpy-fp64":
+        bad[301, 5] = 1e300  # finite in float64, infinite once float32
+    else:
+        bad[301, 5] = np.inf
+        bad[450, 0] = np.nan  # a later bad row: the first one is reported
+    bad = {"numpy-fp32": lambda: bad.astype(np.float32), "numpy-fp64": lambda: bad,
+           "torch-fp16": lambda: torch.from_numpy(bad).half(), "torch-bf16": lambda: torch.from_numpy(bad).bfloat16()}[kind]()
+    with pytest.raises(ValueError, match=r"row 301 \(0-based, id 'p0301'\) has a NaN or infinite value"):
+        DenseIndex.build(bad, ids, backend=backend, device="cpu")
+    column = _column_dataset(ids, tmp_path)["id"]
+    index = DenseIndex.build(passages[:10], [f"x{i}" for i in range(10)], backend=backend, device="cpu")
+    with pytest.raises(ValueError, match=r"row 301 \(0-based, id 'p0301'\)"):
+        index.add(bad, column)
+    assert index.ntotal == 10 and len(index.ids) == 10  # nothing of the bad call was added
+    index.add(passages, column)
+    assert index.ntotal == N + 10 and index.ids[10:] == ids
+
+
+def test_chunked_add_of_an_ivf_index_equals_one_add(monkeypatch):
+    passages, queries, ids = _clustered(n=2000)
+    whole = DenseIndex.build(passages, ids, backend="faiss-cpu", index_type="ivf", nlist=16, nprobe=4)
+    monkeypatch.setattr(search_mod, "_ADD_CHUNK_ROWS", 300)
+    chunked = DenseIndex.build(passages, ids, backend="faiss-cpu", index_type="ivf", nlist=16, nprobe=4)
+    assert chunked.ntotal == whole.ntotal == 2000 and chunked.ids == whole.ids
+    assert chunked.search(queries, 10)[1] == whole.search(queries, 10)[1]
