@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--train-split", default="train")
     a("--val-split", default="dev")
     a("--test-split", default="test")
+    a("--teacher-checkpoint", default=None,
+      help="reuse this CA checkpoint (e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier run) instead "
+           "of training the teacher: it is still tested and scores the training candidates")
     a("--teacher-epochs", type=int, default=4)
     a("--student-epochs", type=int, default=4)
     a("--teacher-lr", type=float, default=1e-3)
@@ -128,6 +131,18 @@ def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int) -> dict[s
     return results
 
 
+def _test_only(args, model, dm, root: Path, ckpt: str) -> dict[str, dict[str, float]]:
+    """Test an existing checkpoint (``--teacher-checkpoint``): the teacher row without training it."""
+    from callbacks.retrieval_eval import RetrievalEvaluator
+
+    evaluator = RetrievalEvaluator(metrics=("mrr@10", "ndcg@10", "recall@100", "recall@1000"), output_dir=str(root))
+    trainer = _trainer(args, root, 1, [evaluator], monitor=False)
+    trainer.test(model, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    results = {k: v for k, v in evaluator.results.items() if k.startswith("test/")}
+    results["_meta"] = {"fit_seconds": 0.0, "best_checkpoint": ckpt}
+    return results
+
+
 def plot_gap_curves(history: list[dict[str, dict[str, float]]], path: Path, title: str) -> None:
     """MRR@10 per epoch on the training-query subset and on validation (the overfitting gap)."""
     from matplotlib.figure import Figure
@@ -189,11 +204,17 @@ def run(args) -> dict[str, Any]:
     started = time.perf_counter()
     results: dict[str, Any] = {}
 
-    # 1. teacher
+    # 1. teacher (trained here, or an earlier run's checkpoint)
+    if args.teacher_checkpoint and not Path(args.teacher_checkpoint).is_file():
+        raise FileNotFoundError(f"--teacher-checkpoint {args.teacher_checkpoint}: no such file (a CrossAttentionRanker "
+                                "checkpoint, e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier reproduce run)")
     pl.seed_everything(args.seed, workers=True)
     dm = _datamodule(args)
     ca = CrossAttentionRanker(backbone=args.teacher_backbone, max_length=args.max_length, lr=args.teacher_lr)
-    results["CA teacher"] = _fit_and_test(args, "CA teacher", ca, dm, out / "ca_teacher", args.teacher_epochs)
+    if args.teacher_checkpoint:
+        results["CA teacher"] = _test_only(args, ca, dm, out / "ca_teacher", args.teacher_checkpoint)
+    else:
+        results["CA teacher"] = _fit_and_test(args, "CA teacher", ca, dm, out / "ca_teacher", args.teacher_epochs)
 
     # 2. teacher scores with the best teacher checkpoint
     scores_path = out / "ca_teacher" / "teacher_scores.trec"
@@ -251,7 +272,8 @@ def run(args) -> dict[str, Any]:
                 gap_lines.append(f"| {name} | {mode} | {g['train_subset']:.4f} | {g['val']:.4f} | "
                                  f"{g['train_subset'] - g['val']:+.4f} |")
     table += "\n".join(gap_lines)
-    note = (f"\nDataset: {args.dataset}; teacher: {args.teacher_backbone}; student: {args.student_backbone}; "
+    reused = f" (checkpoint {args.teacher_checkpoint}, not retrained)" if args.teacher_checkpoint else ""
+    note = (f"\nDataset: {args.dataset}; teacher: {args.teacher_backbone}{reused}; student: {args.student_backbone}; "
             f"test split '{args.test_split}'. Re-rank rows score the same candidates (top-{args.eval_depth}); "
             f"gap closed = (DE_distill − DE_labels) / (CA − DE_labels) on re-rank MRR@10. Total time {elapsed:.0f}s.\n")
     (out / "paper_table.md").write_text(table + "\n" + note)

@@ -41,3 +41,23 @@ def test_reproduce_tiny(tmp_path):
     assert list((out / "de_labels" / "plots").glob("scores_epoch*.png"))
     assert (out / "de_m3se" / "plots" / "gap.png").exists()
     assert list((out / "de_m3se" / "runs").glob("test-retrieval-*.trec"))
+
+
+def test_reproduce_reuses_a_teacher_checkpoint(tmp_path):
+    """--teacher-checkpoint skips teacher training: the CA row is that checkpoint's test result."""
+    from rankers.cli import main
+
+    common = ["--embedded-scale", "0.05", "--student-epochs", "1", "--losses", "m3se", "--max-eval-queries", "10",
+              "--train-subset", "10", "--eval-depth", "20", "--negative-window", "0,20", "--capacity-dims", "",
+              "--accelerator", "cpu"]
+    first = main(["reproduce", "--output-dir", str(tmp_path / "a"), "--teacher-epochs", "1", *common])
+    ckpt = tmp_path / "a" / "ca_teacher" / "checkpoints" / "best.ckpt"
+    second = main(["reproduce", "--output-dir", str(tmp_path / "b"), "--teacher-checkpoint", str(ckpt), *common])
+    row = lambda payload: next(r for r in payload["rows"] if r["model"] == "CA teacher")  # noqa: E731
+    assert row(second) == row(first)
+    assert second["fit_seconds"]["CA teacher"] == 0.0
+    assert not (tmp_path / "b" / "ca_teacher" / "checkpoints").exists()
+    assert "not retrained" in (tmp_path / "b" / "paper_table.md").read_text()
+    with pytest.raises(FileNotFoundError, match="--teacher-checkpoint .*missing.ckpt: no such file"):
+        main(["reproduce", "--output-dir", str(tmp_path / "c"), "--teacher-checkpoint", str(tmp_path / "missing.ckpt"),
+              *common])
