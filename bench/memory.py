@@ -6,9 +6,11 @@ callback``) the corpus is encoded by ``callbacks.retrieval_eval.RetrievalEvaluat
 itself (it hands ``encode_texts`` ``corpus["text"]``, a lazy ``datasets`` Column, under the trainer's
 ``precision_plugin.forward_context()``; the trainer is a stub holding the loaded data and a Lightning
 precision plugin), with ``dtype`` storage (fp16 by default, as ``fp16_embeddings: true`` in the
-configs). The index is built with the callback's call, ``DenseIndex.build(embeddings,
-corpus["id"], backend=..., index_type=...)`` (faiss-cpu on a CPU machine, the torch backend on a GPU
-without faiss-gpu), and the embeddings are then dropped (``del embeddings``), as the callback does.
+configs). The index is built by the callback's own ``RetrievalEvaluator.build_index(embeddings,
+corpus["id"])``, i.e. ``DenseIndex.build(..., backend=..., index_type="flat", fp16=fp16_embeddings)``
+(faiss-cpu on a CPU machine, the torch backend on a GPU without faiss-gpu; fp16 storage follows
+``--dtype`` as ``fp16_embeddings`` does, ``--no-index-fp16`` stores float32 as the callback did before
+it passed ``fp16=``), and the embeddings are then dropped (``del embeddings``), as the callback does.
 ``--texts list`` is the callback before fa2607a (``corpus[0:n]["text"]``, a Python list of N strings,
 handed to ``encode_texts``); ``--texts arrow`` hands ``encode_texts`` the bench's own lazy view over
 the Arrow column chunks (``ArrowTexts``, the prototype of the lazy-texts proposal).
@@ -60,11 +62,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "trainer's precision context); list: corpus[0:n]['text'] as a Python list (the callback "
                         "before fa2607a); arrow: the bench's lazy ArrowTexts view")
     p.add_argument("--index-build", choices=("callback", "chunked"), default="callback",
-                   help="callback: one DenseIndex.build(embeddings, corpus['id'], backend, index_type) call, then "
-                        "del embeddings, as the callback does; chunked: build from the first --index-chunk rows, "
+                   help="callback: RetrievalEvaluator.build_index(embeddings, corpus['id']) (one DenseIndex.build "
+                        "call), then del embeddings, as the callback does; chunked: build from the first --index-chunk rows, "
                         "then add() the rest chunk by chunk, ids taken from Arrow with to_pylist (the proposal "
                         "from before fa2607a; DenseIndex.add now chunks by itself)")
     p.add_argument("--index-chunk", type=int, default=65536, help="rows per add() for --index-build chunked")
+    p.add_argument("--index-fp16", action=argparse.BooleanOptionalAction, default=None,
+                   help="fp16 index storage (DenseIndex.build(fp16=True): faiss-cpu's fp16 IndexScalarQuantizer, "
+                        "faiss-gpu useFloat16, torch float16 on CUDA). Default: as the callback, which passes "
+                        "fp16=fp16_embeddings, i.e. on for --dtype fp16. --no-index-fp16: float32 storage, the "
+                        "callback before it passed fp16=")
     p.add_argument("--backend", default="auto", help="DenseIndex backend (auto, faiss-cpu, faiss-gpu, torch)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast while encoding")
@@ -207,6 +214,7 @@ def child_pipeline(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     device = C.resolve_device(args.device)
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
+    index_fp16 = args.dtype == "fp16" if args.index_fp16 is None else args.index_fp16
     base = rss_bytes()
     stages = Stages(device)
     if args.encoder == "model":
@@ -240,14 +248,16 @@ def child_pipeline(args: argparse.Namespace) -> dict:
     def build_chunked():
         ids, step = data.corpus.data.column("id"), args.index_chunk
         index = DenseIndex.build(embeddings[:step], ids.slice(0, step).to_pylist(), backend=args.backend,
-                                 index_type="flat", fp16=args.dtype == "fp16")
+                                 index_type="flat", fp16=index_fp16)
         for start in range(step, n, step):
             index.add(embeddings[start : start + step], ids.slice(start, step).to_pylist())
         return index
 
-    if args.index_build == "callback":  # the call in RetrievalEvaluator._full_retrieval
-        index = stages.run("DenseIndex.build(embeddings, corpus['id'])", lambda: DenseIndex.build(
-            embeddings, data.corpus["id"], backend=args.backend, index_type="flat"))
+    if args.index_build == "callback":  # RetrievalEvaluator._full_retrieval's call
+        # fp16_embeddings only sets the build's fp16= here (the embeddings are already encoded)
+        builder = RetrievalEvaluator(search_backend=args.backend, index_type="flat", fp16_embeddings=index_fp16)
+        index = stages.run(f"RetrievalEvaluator.build_index(embeddings, corpus['id']) (fp16={index_fp16})",
+                           lambda: builder.build_index(embeddings, data.corpus["id"]))
     else:
         index = stages.run(f"DenseIndex.build + add, {args.index_chunk}-row chunks", build_chunked)
     index_stage = len(stages.rows) - 1
@@ -260,7 +270,17 @@ def child_pipeline(args: argparse.Namespace) -> dict:
     return {
         "base": base, "stages": stages.rows, "index_stage": index_stage, "peak_reset": stages.can_reset,
         "n": n, **shape, "backend": index.backend, "device": device, "torch_threads": torch.get_num_threads(),
+        "index_fp16": index_fp16, "index_storage": _storage(index),
     }
+
+
+def _storage(index) -> str:
+    """What holds the vectors: the faiss index class (and its fp16 scalar quantizer), or torch's dtype."""
+    store = index._store
+    if hasattr(store, "index"):
+        name = type(store.index).__name__
+        return f"{name} (QT_fp16)" if hasattr(store.index, "sq") else name
+    return f"torch {store.dtype}"
 
 
 # ----------------------------------------------------------------------------- driver
@@ -286,6 +306,8 @@ def spawn(kind: str, args: argparse.Namespace, directory: Path) -> dict:
            "--backend", args.backend, "--device", args.device, "--precision", args.precision,
            "--workdir", args.workdir, "--threads", str(args.threads), "--encoder", args.encoder,
            "--dim", str(args.dim), "--index-build", args.index_build, "--index-chunk", str(args.index_chunk)]
+    if args.index_fp16 is not None:
+        cmd.append("--index-fp16" if args.index_fp16 else "--no-index-fp16")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not out.exists():
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
@@ -319,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "passages": result["n"], "backbone": backbone, "passage_max_length": args.passage_max_length,
         "batch_size": args.batch_size, "dtype": args.dtype, "texts": args.texts, "precision": args.precision,
         "encoder": args.encoder, "index build": args.index_build, "index backend": result["backend"],
+        "index fp16 storage": result["index_fp16"], "index storage": result["index_storage"],
         "torch threads (worker)": result["torch_threads"],
     })
     base = result["base"]

@@ -40,7 +40,11 @@ class RetrievalEvaluator(Callback):
         search_backend: ``auto``, ``faiss-cpu``, ``faiss-gpu`` or ``torch``.
         index_type: ``flat`` (exact), ``ivf`` or ``hnsw``.
         encode_batch_size: texts per encoding batch.
-        fp16_embeddings: keep corpus embeddings in fp16 (half the memory; GPU search).
+        fp16_embeddings: encode the corpus into an fp16 matrix and build the index with fp16 storage
+            (``DenseIndex.build(fp16=True)``): half the memory of float32. faiss-gpu: ``useFloat16``;
+            torch on CUDA: float16; faiss-cpu with ``index_type: flat``: an exact fp16
+            ``IndexScalarQuantizer`` (lossless: the embeddings are fp16 already). faiss-cpu's ivf / hnsw
+            and the torch backend on the CPU still store float32.
         output_dir: where run files go (default: the trainer's log dir / ``runs``).
         write_runs: write TREC run files (rank 0 only).
     """
@@ -181,15 +185,21 @@ class RetrievalEvaluator(Callback):
         sizes = [b - a for a, b in (shard_bounds(len(corpus), r, trainer.world_size) for r in range(trainer.world_size))]
         return torch.cat([gathered[r * width : r * width + n] for r, n in enumerate(sizes)])
 
+    def build_index(self, embeddings: torch.Tensor, ids: Sequence[str]):
+        """The dense index of the corpus embeddings (``fp16_embeddings``: fp16 storage, see the class doc)."""
+        from rankers.search import DenseIndex
+
+        # DenseIndex.add reads a datasets Column of ids in bulk (iterating it costs ~30 µs per row)
+        return DenseIndex.build(embeddings, ids, backend=self.search_backend, index_type=self.index_type,
+                                fp16=self.fp16_embeddings)
+
     def _full_retrieval(self, trainer, pl_module, eval_sets) -> None:
         from rankers.encode import encode_texts
         from rankers.search import DenseIndex
 
         data = trainer.datamodule.load()
         embeddings = self.encode_corpus(trainer, pl_module)
-        # DenseIndex.add reads a datasets Column of ids in bulk (iterating it costs ~30 µs per row)
-        self.index = DenseIndex.build(embeddings, data.corpus["id"], backend=self.search_backend,
-                                      index_type=self.index_type)
+        self.index = self.build_index(embeddings, data.corpus["id"])
         del embeddings  # the index holds its own copy: do not keep the matrix through the query loop
         for name, pairs in eval_sets:
             query_ids = list(pairs.qrels)

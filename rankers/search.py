@@ -193,6 +193,58 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+# ----------------------------------------------------------------------------- faiss helpers
+def _flat_index(dim: int, metric: str) -> faiss.Index:
+    """Exact float32 index: ``IndexFlatL2`` for ``l2``, ``IndexFlatIP`` otherwise (``cos``: normalised rows)."""
+    return faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+
+
+def _fp16_flat_index(dim: int, metric: str) -> faiss.Index:
+    """Exact (exhaustive) search over vectors stored in fp16, 2 bytes per value: faiss-cpu's
+    ``IndexScalarQuantizer`` with ``QT_fp16``. Lossless for vectors whose values are fp16 already;
+    other values are rounded to fp16 (for ``cos``: after normalisation)."""
+    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss_metric)
+
+
+def _is_fp16_flat(index: faiss.Index) -> bool:
+    return isinstance(index, faiss.IndexScalarQuantizer) and index.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+
+
+def _reserve_codes(index: faiss.Index, n: int) -> None:
+    """Give a flat CPU index (``IndexFlat``: float32 codes; fp16 ``IndexScalarQuantizer``: 2-byte codes)
+    room for ``n`` more rows before they are added chunk by chunk.
+
+    Such an index keeps its vectors in one growable byte vector (``codes``, ``code_size`` bytes per row).
+    Added chunk by chunk, it is re-allocated and copied each time it doubles, holding the old and the
+    new buffer at once: up to about twice the final size for a moment (1.05M x 384 float32 in
+    65,536-row chunks: ~3 GiB for the final 1.5 GiB).
+    Resizing it to the final size and back leaves that capacity reserved (``std::vector``), so the
+    chunks are then written in place. Skipped where the storage is not such a vector.
+    """
+    flat = getattr(faiss, "IndexFlatCodes", None)
+    codes = getattr(index, "codes", None)
+    if n <= 0 or flat is None or not isinstance(index, flat) or not hasattr(codes, "resize"):
+        return
+    if not getattr(codes, "is_owned", True):  # a view (memory-mapped index): faiss cannot grow it
+        return
+    size = int(codes.size())
+    if size != index.ntotal * index.code_size:
+        return
+    codes.resize(size + n * index.code_size)
+    codes.resize(size)
+
+
+def _copy_vectors(src: faiss.Index, dst: faiss.Index) -> faiss.Index:
+    """``dst`` (empty; same dimension and metric) given ``src``'s vectors, ``_ADD_CHUNK_ROWS`` at a time
+    (no float32 copy of the whole matrix beside the two indexes). Returns ``dst``."""
+    n = int(src.ntotal)
+    _reserve_codes(dst, n)
+    for start in range(0, n, _ADD_CHUNK_ROWS):
+        dst.add(src.reconstruct_n(start, min(_ADD_CHUNK_ROWS, n - start)))
+    return dst
+
+
 # ----------------------------------------------------------------------------- stores
 class _FaissStore:
     """A faiss index (CPU or GPU) returning (similarities, row labels)."""
@@ -207,27 +259,42 @@ class _FaissStore:
 
     @classmethod
     def create(cls, dim: int, index_type: str, metric: str, *, gpu: bool, fp16: bool, nlist: int, hnsw_m: int) -> _FaissStore:
+        """An empty index. ``fp16`` with ``index_type="flat"``: on a GPU an ``IndexFlat`` cloned with
+        ``useFloat16``; on the CPU an fp16 ``IndexScalarQuantizer`` (:func:`_fp16_flat_index`). The ivf
+        and hnsw indexes store float32 on the CPU whatever ``fp16`` says."""
         faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
         if index_type == "flat":
-            index = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+            # for a GPU the float32 IndexFlat is what gets cloned (GpuIndexFlat with useFloat16)
+            index = _fp16_flat_index(dim, metric) if fp16 and not gpu else _flat_index(dim, metric)
         elif index_type == "ivf":
-            quantizer = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss_metric)
+            index = faiss.IndexIVFFlat(_flat_index(dim, metric), dim, nlist, faiss_metric)
         else:
             index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss_metric)
         return cls.from_cpu(index, metric, gpu=gpu, fp16=fp16)
 
     @classmethod
     def from_cpu(cls, index: faiss.Index, metric: str, *, gpu: bool, fp16: bool) -> _FaissStore:
+        """Wrap a CPU index (new or read from disk), cloned to the GPU for ``gpu``.
+
+        ``fp16``, on a GPU: faiss-gpu's ``useFloat16`` storage. An fp16 flat index (saved from faiss-cpu)
+        is turned into a float32 ``IndexFlat`` first and cloned with ``useFloat16`` whatever ``fp16``
+        says (its values are fp16 already). On the CPU: a float32 flat index becomes an fp16
+        ``IndexScalarQuantizer`` (its vectors rounded to fp16); ivf and hnsw indexes stay float32.
+        """
         if gpu and isinstance(index, faiss.IndexHNSW):
             log.info("faiss has no GPU HNSW: the hnsw index stays on the CPU")
             gpu = False
         if gpu:  # pragma: no cover - needs a GPU build of faiss
+            if _is_fp16_flat(index):
+                index, fp16 = _copy_vectors(index, _flat_index(index.d, metric)), True
             options = faiss.GpuClonerOptions()
             options.useFloat16 = fp16
             index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index, options)
-        elif fp16:
-            log.info("fp16 storage only applies on a GPU: faiss-cpu stores float32")
+        elif fp16 and isinstance(index, faiss.IndexFlat):
+            index = _copy_vectors(index, _fp16_flat_index(index.d, metric))
+        elif fp16 and not _is_fp16_flat(index):
+            kind = "ivf" if isinstance(index, faiss.IndexIVF) else "hnsw" if isinstance(index, faiss.IndexHNSW) else type(index).__name__
+            log.info("fp16 storage on faiss-cpu is for the flat index only: the %s index stores float32", kind)
         return cls(index, metric, gpu)
 
     @property
@@ -251,26 +318,9 @@ class _FaissStore:
             self.index.add(chunk)
 
     def _reserve(self, n: int) -> None:
-        """Give a flat CPU index room for ``n`` more rows before they are added chunk by chunk.
-
-        A flat index keeps its vectors in one growable byte vector (``codes``). Added chunk by chunk,
-        it is re-allocated and copied each time it doubles, holding the old and the new buffer at once:
-        up to about twice the final size for a moment (1.05M x 384 float32 in 65,536-row chunks: ~3 GiB
-        for the final 1.5 GiB).
-        Resizing it to the final size and back leaves that capacity reserved (``std::vector``), so the
-        chunks are then written in place. Skipped where the storage is not such a vector.
-        """
-        flat = getattr(faiss, "IndexFlatCodes", None)
-        codes = getattr(self.index, "codes", None)
-        if self.on_gpu or n <= 0 or flat is None or not isinstance(self.index, flat) or not hasattr(codes, "resize"):
-            return
-        if not getattr(codes, "is_owned", True):  # a view (memory-mapped index): faiss cannot grow it
-            return
-        size = int(codes.size())
-        if size != self.ntotal * self.index.code_size:
-            return
-        codes.resize(size + n * self.index.code_size)
-        codes.resize(size)
+        """Give a flat CPU index room for ``n`` more rows before they are added chunk by chunk."""
+        if not self.on_gpu:
+            _reserve_codes(self.index, n)
 
     def configure(self, nprobe: int | None, ef_search: int, k: int) -> None:
         if self.on_gpu:  # pragma: no cover - needs a GPU build of faiss
@@ -477,7 +527,12 @@ class DenseIndex:
                 vectors (faiss' rule of thumb).
             nprobe: IVF lists visited per query; default ``min(nlist, 32)``.
             hnsw_m: HNSW neighbours per node. hnsw_ef_search: HNSW search breadth (>= k).
-            fp16: half-precision storage on a GPU (faiss-gpu ``useFloat16``; torch ``half_dtype``).
+            fp16: half-precision storage (2 bytes per value). faiss-gpu: ``useFloat16``; torch on
+                CUDA: ``half_dtype``; faiss-cpu, ``index_type="flat"``: an fp16
+                ``IndexScalarQuantizer`` (exact search over the fp16-rounded vectors: lossless for
+                fp16 embeddings with ``ip``/``l2``; ``cos`` rounds the normalised vectors). Not applied
+                by faiss-cpu's ivf / hnsw nor by the torch backend on the CPU: they store float32.
+            half_dtype: the torch backend's half type ("float16" or "bfloat16"); faiss uses fp16.
             device: torch backend device (default cuda when available, else cpu).
             query_batch_size: queries searched at once (memory bound).
         """
@@ -645,7 +700,13 @@ class DenseIndex:
         device: str | torch.device | None = None,
         query_batch_size: int = 1024,
     ) -> DenseIndex:
-        """Load what :meth:`save` wrote, on any backend (a flat index moves between faiss and torch)."""
+        """Load what :meth:`save` wrote, on any backend (a flat index moves between faiss and torch).
+
+        ``fp16`` as in :meth:`build`: on faiss-cpu a saved float32 flat index is converted to fp16
+        storage. A flat index saved with fp16 storage (faiss-cpu ``IndexScalarQuantizer``) stays fp16
+        on faiss-cpu, goes to faiss-gpu as a ``useFloat16`` flat index and to torch as float32 (or
+        ``half_dtype`` on CUDA with ``fp16``).
+        """
         directory = Path(directory)
         meta_path = directory / META_FILE
         try:

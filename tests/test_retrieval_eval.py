@@ -15,7 +15,7 @@ def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("retrieval-eval-cache"))
 
 
-def _validate(precision: str, cache_dir: str, tmp_path, monkeypatch) -> tuple[list[dict], RetrievalEvaluator]:
+def _validate(precision: str, cache_dir: str, tmp_path, monkeypatch, **evaluator_kwargs) -> tuple[list[dict], RetrievalEvaluator]:
     """validate() a tiny DE on the embedded data; what each encode_texts call of the callback saw."""
     from rankers.dual_encoder import DualEncoderRanker
 
@@ -42,7 +42,8 @@ def _validate(precision: str, cache_dir: str, tmp_path, monkeypatch) -> tuple[li
         return out
 
     monkeypatch.setattr(rankers.encode, "encode_texts", spy)
-    evaluator = RetrievalEvaluator(metrics=("mrr@10",), retrieval_depth=20, encode_batch_size=16, write_runs=False)
+    evaluator = RetrievalEvaluator(metrics=("mrr@10",), retrieval_depth=20, encode_batch_size=16, write_runs=False,
+                                   **evaluator_kwargs)
     trainer = pl.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[evaluator],
                          default_root_dir=tmp_path)
@@ -68,3 +69,23 @@ def test_full_retrieval_stays_fp32_with_32_true(cache_dir, tmp_path, monkeypatch
     for call in calls:
         assert not call["autocast"] and call["linear_dtypes"] == {torch.float32}, call
     assert "val/retrieval" in evaluator.results
+
+
+@pytest.mark.parametrize("fp16_embeddings", [False, True])
+def test_fp16_embeddings_reach_the_index(fp16_embeddings, cache_dir, tmp_path, monkeypatch):
+    """fp16_embeddings: fp16 corpus matrix and DenseIndex.build(fp16=True): fp16 storage on faiss-cpu too."""
+    from rankers import search
+
+    if search.faiss is None:
+        pytest.skip("needs faiss-cpu")
+    calls, evaluator = _validate("32-true", cache_dir, tmp_path, monkeypatch, search_backend="faiss-cpu",
+                                 fp16_embeddings=fp16_embeddings)
+    assert calls[0]["side"] == "passage"
+    assert calls[0]["out_dtype"] == (torch.float16 if fp16_embeddings else torch.float32)
+    stored = evaluator.index._store.index
+    if fp16_embeddings:
+        assert type(stored) is search.faiss.IndexScalarQuantizer
+        assert stored.sq.qtype == search.faiss.ScalarQuantizer.QT_fp16 and stored.code_size == 2 * evaluator.index.dim
+    else:
+        assert isinstance(stored, search.faiss.IndexFlat)
+    assert evaluator.index.ntotal > 0 and "val/retrieval" in evaluator.results

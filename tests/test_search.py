@@ -1,6 +1,7 @@
 """rankers.search: faiss / torch dense search agree with brute force; approximate indexes recall."""
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -352,3 +353,153 @@ def test_chunked_add_of_an_ivf_index_equals_one_add(monkeypatch):
     chunked = DenseIndex.build(passages, ids, backend="faiss-cpu", index_type="ivf", nlist=16, nprobe=4)
     assert chunked.ntotal == whole.ntotal == 2000 and chunked.ids == whole.ids
     assert chunked.search(queries, 10)[1] == whole.search(queries, 10)[1]
+
+
+# ----------------------------------------------------------------------------- fp16 storage on faiss-cpu
+HALF_DIM = 32  # a multiple of the SIMD widths (8, 16): faiss sums a row's products in the same order
+# for IndexFlat and the fp16 IndexScalarQuantizer (at 24 dims L2 scores differed in the last bit), and
+# 16 queries x 32 dims stay under faiss' BLAS threshold, where IndexFlat switches to a matrix product
+
+
+def _half_data(seed: int = 11, n: int = N, m: int = 16, dim: int = HALF_DIM):
+    """fp16 passages and queries (what the callback's ``fp16_embeddings`` encode gives)."""
+    g = torch.Generator().manual_seed(seed)
+    passages, queries = torch.randn(n, dim, generator=g).half(), torch.randn(m, dim, generator=g).half()
+    return passages, queries, [f"h{i:04d}" for i in range(n)]
+
+
+def _is_fp16_sq(index) -> bool:
+    faiss = search_mod.faiss
+    return type(index) is faiss.IndexScalarQuantizer and index.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+
+
+@pytest.mark.skipif(search_mod.faiss is None, reason="needs faiss")
+@pytest.mark.parametrize("metric", ["ip", "l2", "cos"])
+def test_fp16_flat_on_faiss_cpu_is_an_exact_fp16_scalar_quantizer(metric):
+    passages, queries, ids = _half_data()
+    fp32 = DenseIndex.build(passages, ids, backend="faiss-cpu", metric=metric)
+    fp16 = DenseIndex.build(passages, ids, backend="faiss-cpu", metric=metric, fp16=True)
+    assert isinstance(fp32._store.index, search_mod.faiss.IndexFlat)
+    assert _is_fp16_sq(fp16._store.index) and fp16._store.index.code_size == 2 * HALF_DIM
+    assert fp16._store.index.codes.size() == N * HALF_DIM * 2 and fp16.ntotal == N and fp16.ids == ids
+    k = 50
+    s32, i32 = fp32.search(queries, k)
+    s16, i16 = fp16.search(queries, k)
+    assert s16.dtype == np.float32 and s16.shape == (len(queries), k)
+    chunked = DenseIndex.build(passages, ids, backend="faiss-cpu", metric=metric, fp16=True, query_batch_size=5)
+    assert chunked.search(queries, k)[1] == i16  # queries searched 5 at a time
+    np.testing.assert_array_equal(chunked.search(queries, k)[0], s16)
+    assert DenseIndex.to_run([f"q{i}" for i in range(len(queries))], s16, i16)["q0"][i16[0][0]] == float(s16[0, 0])
+    if metric != "cos":  # fp16 values are stored without loss: the same scores and ids, bit for bit
+        np.testing.assert_array_equal(fp16._store.vectors(), passages.float().numpy())
+        assert i16 == i32
+        np.testing.assert_array_equal(s16, s32)
+    else:
+        # cos stores the normalised rows, which fp16 rounds (faiss' rounding: 2 of these 19,200 values
+        # are 1 fp16 step away from numpy's astype(float16)); the search is exact over the stored rows...
+        normalised = search_mod._l2_normalise(passages.float().numpy())
+        rounded = fp16._store.vectors()
+        np.testing.assert_allclose(rounded, normalised.astype(np.float16).astype(np.float32), rtol=2**-10, atol=2**-24)
+        ref = DenseIndex.build(rounded, ids, backend="faiss-cpu", metric="ip")
+        s_ref, i_ref = ref.search(search_mod._l2_normalise(queries.float().numpy()), k)
+        assert i16 == i_ref
+        np.testing.assert_array_equal(s16, s_ref)
+        # ... and within fp16's rounding of the float32 cosines
+        np.testing.assert_allclose(s16, s32, rtol=0, atol=2e-3)
+        assert [r[0] for r in i16] == [r[0] for r in i32]
+
+
+@pytest.mark.skipif(search_mod.faiss is None, reason="needs faiss")
+def test_fp16_flat_chunked_add_writes_into_reserved_storage(monkeypatch):
+    monkeypatch.setattr(search_mod, "_ADD_CHUNK_ROWS", 64)  # 600 rows: 10 chunks
+    passages, queries, ids = _half_data(12)
+    store = search_mod._FaissStore.create(HALF_DIM, "flat", "ip", gpu=False, fp16=True, nlist=0, hnsw_m=0)
+    assert _is_fp16_sq(store.index)
+    pointers = []
+    chunks = (store.prepare(passages[s : s + 64], "embeddings", HALF_DIM) for s in range(0, N, 64))
+
+    def tracked():
+        for chunk in chunks:
+            yield chunk
+            pointers.append(int(store.index.codes.data()))
+
+    store.add_chunks(N, tracked())
+    assert store.ntotal == N and store.index.codes.size() == N * HALF_DIM * 2
+    assert len(pointers) == 10 and len(set(pointers[1:])) == 1  # no re-allocation after the first chunk
+    whole = DenseIndex.build(passages, ids, backend="faiss-cpu", fp16=True)
+    monkeypatch.setattr(search_mod, "_ADD_CHUNK_ROWS", 1 << 16)
+    one = DenseIndex.build(passages, ids, backend="faiss-cpu", fp16=True)
+    np.testing.assert_array_equal(whole._store.vectors(), one._store.vectors())
+
+
+@pytest.mark.skipif(search_mod.faiss is None, reason="needs faiss")
+@pytest.mark.parametrize("metric", ["ip", "cos", "l2"])
+def test_fp16_flat_save_load_round_trip(tmp_path, metric):
+    passages, queries, ids = _half_data(13)
+    index = DenseIndex.build(passages, ids, backend="faiss-cpu", metric=metric, fp16=True)
+    before = index.search(queries, 10)
+    index.save(tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    assert meta["format_version"] == search_mod.FORMAT_VERSION and meta["vectors"] == "index.faiss"
+    for fp16 in (False, True):  # an fp16 index stays fp16 on faiss-cpu either way
+        loaded = DenseIndex.load(tmp_path / "idx", backend="faiss-cpu", fp16=fp16)
+        assert _is_fp16_sq(loaded._store.index) and loaded.ids == ids and loaded.ntotal == N
+        after = loaded.search(queries, 10)
+        assert after[1] == before[1]
+        np.testing.assert_array_equal(after[0], before[0])
+    on_torch = DenseIndex.load(tmp_path / "idx", backend="torch", device="cpu")  # float32 from the fp16 codes
+    after = on_torch.search(queries, 10)
+    assert after[1] == before[1]
+    np.testing.assert_allclose(after[0], before[0], rtol=1e-5, atol=1e-5)
+    # a float32 flat index (faiss or torch) loaded with fp16=True on faiss-cpu gets fp16 storage
+    for backend in ("faiss-cpu", "torch"):
+        DenseIndex.build(passages, ids, backend=backend, metric=metric, device="cpu").save(tmp_path / backend)
+        converted = DenseIndex.load(tmp_path / backend, backend="faiss-cpu", fp16=True)
+        assert _is_fp16_sq(converted._store.index) and converted.ids == ids
+        if backend == "torch" and metric == "cos":  # torch normalises with its own rounding: 1 fp16 step at most
+            np.testing.assert_allclose(converted._store.vectors(), index._store.vectors(), rtol=2**-10, atol=2**-24)
+        else:
+            np.testing.assert_array_equal(converted._store.vectors(), index._store.vectors())
+            assert converted.search(queries, 10)[1] == before[1]
+
+
+@pytest.mark.skipif(search_mod.faiss is None, reason="needs faiss")
+@pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
+def test_fp16_ivf_and_hnsw_on_faiss_cpu_store_float32_and_say_so(index_type, caplog):
+    passages, queries, ids = _clustered(n=800, m=10)
+    with caplog.at_level(logging.INFO, logger="rankers.search"):
+        index = DenseIndex.build(passages, ids, backend="faiss-cpu", index_type=index_type, fp16=True)
+    assert not _is_fp16_sq(index._store.index)
+    assert f"the {index_type} index stores float32" in caplog.text
+    reference = DenseIndex.build(passages, ids, backend="faiss-cpu", index_type=index_type)
+    assert index.search(queries, 10)[1] == reference.search(queries, 10)[1]
+
+
+@pytest.mark.skipif(search_mod.faiss is None, reason="needs faiss")
+def test_fp16_on_a_gpu_clones_a_float32_flat_index_with_use_float16(monkeypatch):
+    """The GPU branch (faked here): faiss-gpu gets an IndexFlat and useFloat16, never the CPU's fp16 SQ."""
+    faiss = search_mod.faiss
+    cloned = []
+
+    class Options:
+        useFloat16 = False
+
+    def to_gpu(resources, device, index, options):
+        cloned.append((index, options.useFloat16))
+        return index
+
+    monkeypatch.setattr(faiss, "GpuClonerOptions", Options, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
+    monkeypatch.setattr(search_mod, "_gpu_resources", lambda: None)
+    for metric, flat in (("ip", faiss.IndexFlatIP), ("l2", faiss.IndexFlatL2)):
+        for fp16 in (False, True):
+            store = search_mod._FaissStore.create(HALF_DIM, "flat", metric, gpu=True, fp16=fp16, nlist=0, hnsw_m=0)
+            index, use_float16 = cloned.pop()
+            assert type(index) is flat and use_float16 is fp16 and store.on_gpu
+    # an fp16 SQ index read from disk is given to the GPU as a float32 IndexFlat with the same vectors
+    passages, _, ids = _half_data(14)
+    sq = DenseIndex.build(passages, ids, backend="faiss-cpu", metric="l2", fp16=True)._store.index
+    search_mod._FaissStore.from_cpu(sq, "l2", gpu=True, fp16=False)
+    index, use_float16 = cloned.pop()
+    assert type(index) is faiss.IndexFlatL2 and use_float16 is True
+    np.testing.assert_array_equal(index.reconstruct_n(0, index.ntotal), passages.float().numpy())
