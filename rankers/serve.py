@@ -281,7 +281,7 @@ def index_main(argv: list[str] | None = None):
     parser.add_argument("--backend", choices=("auto", "faiss-cpu", "faiss-gpu", "torch"), default="auto")
     parser.add_argument("--fp16", action="store_true",
                         help="store embeddings in float16: the chunks, and the index (faiss-gpu, torch on CUDA, faiss-cpu "
-                             "flat: an fp16 IndexScalarQuantizer, slower to search on the CPU)")
+                             "flat: an fp16 IndexScalarQuantizer, searched in float32 blocks)")
     parser.add_argument("--chunk_size", type=int, default=DEFAULT_CHUNK_SIZE, help="passages per saved chunk")
     parser.add_argument("--keep_chunks", action="store_true", help="keep the chunk files after the index is saved")
     parser.add_argument("--overwrite", action="store_true", help="discard an earlier (partial) build in --output")

@@ -503,3 +503,33 @@ def test_fp16_on_a_gpu_clones_a_float32_flat_index_with_use_float16(monkeypatch)
     index, use_float16 = cloned.pop()
     assert type(index) is faiss.IndexFlatL2 and use_float16 is True
     np.testing.assert_array_equal(index.reconstruct_n(0, index.ntotal), passages.float().numpy())
+
+
+@pytest.mark.skipif(search_mod.faiss is None, reason="needs faiss")
+@pytest.mark.parametrize("metric", ["ip", "l2", "cos"])
+def test_fp16_flat_blockwise_search_matches_the_scalar_quantizer_scan(monkeypatch, metric):
+    """Many queries: the fp16 index is searched block by block with BLAS (faiss.knn + ResultHeap);
+    same ids and scores (to float32 rounding) as faiss's own pair-by-pair IndexScalarQuantizer scan,
+    over several blocks and a last block shorter than k."""
+    passages, queries, ids = _half_data(seed=5, n=230, m=40)
+    index = DenseIndex.build(passages, ids, backend="faiss-cpu", metric=metric, fp16=True)
+    store = index._store
+    q = store.prepare(queries, "queries", HALF_DIM)
+    k = 30
+    calls = []
+    knn = search_mod.faiss.knn
+    monkeypatch.setattr(search_mod.faiss, "knn", lambda *a, **kw: calls.append(len(a[1])) or knn(*a, **kw))
+    monkeypatch.setattr(search_mod, "_ADD_CHUNK_ROWS", 64)  # blocks of 64, 64, 64, 38 rows
+    blockwise = store.search(q, k)
+    assert calls == [64, 64, 64, 38]
+    short_block = DenseIndex.build(passages[:70], ids[:70], backend="faiss-cpu", metric=metric, fp16=True)
+    s_short, i_short = short_block.search(queries, 50)  # a block of 64, then 6 rows < k: padded in the heap
+    assert calls[4:] == [64, 6]
+    monkeypatch.setattr(search_mod, "_FP16_BLOCKWISE_MIN_QUERIES", 10**9)  # force faiss's own scan
+    scan = store.search(q, k)
+    assert len(calls) == 6
+    np.testing.assert_array_equal(blockwise[1], scan[1])
+    np.testing.assert_allclose(blockwise[0], scan[0], rtol=1e-5, atol=1e-5)
+    s_scan, i_scan = short_block.search(queries, 50)
+    assert i_short == i_scan and np.isfinite(s_short).all()
+    np.testing.assert_allclose(s_short, s_scan, rtol=1e-5, atol=1e-5)
