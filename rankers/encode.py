@@ -37,8 +37,9 @@ def is_datasets_column(x: Any) -> bool:
     return column is not None and isinstance(x, column)
 
 
-def _as_str_list(values: Any) -> list[str]:
-    """What a Column returned for a slice or a list of indices, as a list (numpy / Arrow formats)."""
+def as_list(values: Any) -> list:
+    """A list of the values: what a Column returned for a slice or a list of indices (a list, or a
+    numpy / pyarrow array under other formats), a pyarrow array (converted in bulk) or any iterable."""
     if isinstance(values, list):
         return values
     if hasattr(values, "to_pylist"):
@@ -57,9 +58,9 @@ def _text_reader(texts: Sequence[str]) -> tuple[np.ndarray, Callable[[list[int]]
     if is_datasets_column(texts):
         lengths = np.empty(n, dtype=np.int64)
         for start in range(0, n, _LENGTH_CHUNK_ROWS):
-            chunk = _as_str_list(texts[start : start + _LENGTH_CHUNK_ROWS])
+            chunk = as_list(texts[start : start + _LENGTH_CHUNK_ROWS])
             lengths[start : start + len(chunk)] = [len(t) for t in chunk]
-        return lengths, lambda idx: _as_str_list(texts[idx])
+        return lengths, lambda idx: as_list(texts[idx])
     lengths = np.fromiter((len(texts[i]) for i in range(n)), dtype=np.int64, count=n)
     return lengths, lambda idx: [texts[i] for i in idx]
 

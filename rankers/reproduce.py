@@ -108,19 +108,26 @@ def _datamodule(args, **overrides):
     return RankingDataModule(**kw)
 
 
-def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int) -> dict[str, dict[str, float]]:
-    import lightning.pytorch as pl
-
+def _evaluator(root: Path):
     from callbacks.retrieval_eval import RetrievalEvaluator
+
+    return RetrievalEvaluator(metrics=("mrr@10", "ndcg@10", "recall@100", "recall@1000"), output_dir=str(root))
+
+
+def _test_results(evaluator) -> dict[str, dict[str, float]]:
+    return {k: v for k, v in evaluator.results.items() if k.startswith("test/")}
+
+
+def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int) -> dict[str, dict[str, float]]:
     from callbacks.score_diagnostics import ScoreDiagnostics
 
-    evaluator = RetrievalEvaluator(metrics=("mrr@10", "ndcg@10", "recall@100", "recall@1000"), output_dir=str(root))
+    evaluator = _evaluator(root)
     trainer = _trainer(args, root, epochs, [evaluator, ScoreDiagnostics(plot_dir=str(root / "plots"))])
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     fit_s = time.perf_counter() - start
     trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False)
-    results = {k: v for k, v in evaluator.results.items() if k.startswith("test/")}
+    results = _test_results(evaluator)
     results["_meta"] = {"fit_seconds": fit_s, "best_checkpoint": trainer.checkpoint_callback.best_model_path}
     plot_gap_curves(evaluator.history, root / "plots" / "gap.png", f"{name}: train subset vs val")
     for key in ("rerank", "retrieval"):  # the overfitting gap at the last epoch: train subset vs val
@@ -133,12 +140,10 @@ def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int) -> dict[s
 
 def _test_only(args, model, dm, root: Path, ckpt: str) -> dict[str, dict[str, float]]:
     """Test an existing checkpoint (``--teacher-checkpoint``): the teacher row without training it."""
-    from callbacks.retrieval_eval import RetrievalEvaluator
-
-    evaluator = RetrievalEvaluator(metrics=("mrr@10", "ndcg@10", "recall@100", "recall@1000"), output_dir=str(root))
+    evaluator = _evaluator(root)
     trainer = _trainer(args, root, 1, [evaluator], monitor=False)
     trainer.test(model, datamodule=dm, ckpt_path=ckpt, verbose=False)
-    results = {k: v for k, v in evaluator.results.items() if k.startswith("test/")}
+    results = _test_results(evaluator)
     results["_meta"] = {"fit_seconds": 0.0, "best_checkpoint": ckpt}
     return results
 

@@ -511,7 +511,7 @@ def test_fp16_flat_blockwise_search_matches_the_scalar_quantizer_scan(monkeypatc
     """Many queries: the fp16 index is searched block by block with BLAS (faiss.knn + ResultHeap);
     same ids and scores (to float32 rounding) as faiss's own pair-by-pair IndexScalarQuantizer scan,
     over several blocks and a last block shorter than k."""
-    passages, queries, ids = _half_data(seed=5, n=230, m=40)
+    passages, queries, ids = _half_data(seed=5, n=230, m=70)
     index = DenseIndex.build(passages, ids, backend="faiss-cpu", metric=metric, fp16=True)
     store = index._store
     q = store.prepare(queries, "queries", HALF_DIM)
