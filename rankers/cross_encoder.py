@@ -21,7 +21,7 @@ class CrossAttentionRanker(RankerModule):
     """Cross-attention ranker over (query, passage) pairs.
 
     Args:
-        backbone: hub name, local ``save_pretrained`` directory, or ``"embedded"`` (tiny local BERT).
+        backbone: ``"minilm"`` (default), ``"tiny"`` (alias ``"embedded"``), hub name or local directory.
         max_length: token budget of a (query, passage) pair; longer pairs are truncated longest-first.
         temperature: scores are divided by it inside the listwise softmax.
         lr, weight_decay, warmup_ratio: AdamW and the linear warm-up / decay schedule.
@@ -31,7 +31,7 @@ class CrossAttentionRanker(RankerModule):
 
     def __init__(
         self,
-        backbone: str = "embedded",
+        backbone: str = "minilm",
         max_length: int = 256,
         temperature: float = 1.0,
         lr: float = 3e-5,

@@ -83,8 +83,12 @@ class DualEncoderRanker(RankerModule):
     """Dual-encoder ranker.
 
     Args:
-        backbone: hub name, local directory or ``"embedded"``; the query tower (and the passage tower
-            when ``shared_towers``).
+        backbone: ``"minilm"`` (all-MiniLM-L6-v2, the default), ``"tiny"`` (the tiny random local BERT, for
+            tests; ``"embedded"`` is an alias), a local directory or a hub name (see :mod:`rankers.backbone`);
+            the query tower (and the passage tower when ``shared_towers``).
+        num_layers: keep only the backbone's first ``num_layers`` transformer layers (a student smaller than
+            its teacher, e.g. 6 of a 12-layer model); ``None`` keeps them all. Checkpoints rebuild the short
+            model from this hyper-parameter; exports are the short model (``num_hidden_layers`` in config.json).
         shared_towers: one encoder for queries and passages (True) or two copies initialised alike.
         pooling: ``"cls"`` or ``"mean"``.
         embedding_dim: if set, a linear projection to this size after pooling.
@@ -104,7 +108,8 @@ class DualEncoderRanker(RankerModule):
 
     def __init__(
         self,
-        backbone: str = "embedded",
+        backbone: str = "minilm",
+        num_layers: int | None = None,
         shared_towers: bool = True,
         pooling: Literal["cls", "mean"] = "cls",
         embedding_dim: int | None = None,
@@ -144,7 +149,7 @@ class DualEncoderRanker(RankerModule):
             self.distill_kwargs["temperature"] = distillation_temperature
 
         kw = dict(trust_remote_code=trust_remote_code, gradient_checkpointing=gradient_checkpointing)
-        self.query_encoder = load_encoder(backbone, **kw)
+        self.query_encoder = load_encoder(backbone, num_layers=num_layers, **kw)
         self.passage_encoder = self.query_encoder if shared_towers else copy.deepcopy(self.query_encoder)
         self.tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
         hidden = self.query_encoder.config.hidden_size

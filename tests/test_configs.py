@@ -10,7 +10,7 @@ from rankers.cli import main
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STACKS = [
     ["ca_teacher.yaml"], ["de_baseline.yaml"], ["de_distill.yaml"],
-    ["de_baseline.yaml", "overlays/scifact.yaml", "overlays/minilm.yaml", "overlays/cpu_smoke.yaml"],
+    ["de_baseline.yaml", "overlays/scifact.yaml", "overlays/cpu_smoke.yaml", "overlays/minilm.yaml"],
     ["ca_teacher.yaml", "overlays/teacher_val_scores.yaml"],
     *[[f"{scale}/{name}.yaml", f"{scale}/trainer_gpu.yaml"]
       for scale in ("msmarco", "nq") for name in ("ca_teacher", "de_baseline", "de_distill")],
@@ -27,3 +27,21 @@ def test_config_parses(stack, capsys):
     assert exit_.value.code in (0, None), capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "class_path: rankers." in printed and "data:" in printed
+
+
+def _printed_backbone(stack: list[str], capsys) -> str:
+    args = ["fit"]
+    for name in stack:
+        args += ["--config", str(CONFIGS / name)]
+    with pytest.raises(SystemExit):
+        main(args + ["--print_config"])
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("backbone:")]
+    assert len(lines) == 1, lines
+    return lines[0].split(":", 1)[1].strip()
+
+
+@pytest.mark.parametrize("config", ["ca_teacher.yaml", "de_baseline.yaml", "de_distill.yaml"])
+def test_configs_default_to_minilm_and_the_smoke_overlay_to_tiny(config, capsys):
+    assert _printed_backbone([config], capsys) == "minilm"
+    assert _printed_backbone([config, "overlays/cpu_smoke.yaml"], capsys) == "tiny"
+    assert _printed_backbone([config, "overlays/cpu_smoke.yaml", "overlays/minilm.yaml"], capsys) == "minilm"

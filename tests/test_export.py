@@ -147,3 +147,30 @@ def test_export_errors_name_the_file(tmp_path):
         load_ranker(tmp_path / "keep")
     with pytest.raises(ValueError, match="needs a dual encoder"):
         load_ranker(export_model(CrossAttentionRanker(backbone="embedded"), tmp_path / "ca")).encode_queries(["q"])
+
+
+@pytest.mark.parametrize("shared_towers", [True, False], ids=["shared", "separate"])
+def test_truncated_student_exports_and_reloads_as_the_truncated_model(tmp_path, shared_towers):
+    pl.seed_everything(0)
+    de = DualEncoderRanker(backbone="tiny", num_layers=1, shared_towers=shared_towers, pooling="mean",
+                           query_max_length=16, passage_max_length=64).eval()
+    ckpt = save_checkpoint(de, tmp_path / "short.ckpt")
+    out = main(["export", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "short")])
+    towers = [out] if shared_towers else [out / "query", out / "passage"]
+    for tower in towers:
+        assert json.loads((tower / "config.json").read_text())["num_hidden_layers"] == 1
+    assert json.loads((out / "rankers_config.json").read_text())["hyper_parameters"]["num_layers"] == 1
+
+    expected = {"query": encode_texts(de, QUERIES, "query"), "passage": encode_texts(de, PASSAGES, "passage")}
+    st_passage = st.SentenceTransformer(str(towers[-1]), device="cpu")
+    assert len(st_passage[0].auto_model.encoder.layer) == 1
+    _assert_close(st_passage.encode(PASSAGES, convert_to_tensor=True), expected["passage"], atol=1e-5)
+    st_query = st.SentenceTransformer(str(towers[0]), device="cpu")  # queries are shorter than query_max_length
+    _assert_close(st_query.encode(QUERIES, convert_to_tensor=True), expected["query"], atol=1e-5)
+
+    for source in (ckpt, out):
+        reloaded = load_ranker(source)
+        for encoder in (reloaded.module.query_encoder, reloaded.module.passage_encoder):
+            assert encoder.config.num_hidden_layers == 1 and len(encoder.encoder.layer) == 1, source
+        _assert_close(reloaded.encode_passages(PASSAGES), expected["passage"], atol=1e-5)
+        _assert_close(reloaded.encode_queries(QUERIES), expected["query"], atol=1e-5)

@@ -133,3 +133,46 @@ def test_nonfinite_loss_names_step_and_queries(de):
 def test_bad_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match="not an existing directory"):
         CrossAttentionRanker(backbone="no/such-model-here")
+
+
+# ----------------------------------------------------------------------------- students smaller than the backbone
+TEXTS = ["the red box has a blue lid", "a green cup", "blue box with a red lid and a long story about lids"]
+
+
+def test_student_with_fewer_layers_trains_and_reloads_from_its_checkpoint(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from rankers.encode import encode_texts
+    from rankers.export import load_checkpoint
+
+    full = DualEncoderRanker(backbone="tiny")
+    pl.seed_everything(0)
+    de = DualEncoderRanker(backbone="tiny", num_layers=1, passage_max_length=32)
+    assert full.query_encoder.config.num_hidden_layers == 2
+    assert de.hparams.num_layers == 1 and de.query_encoder.config.num_hidden_layers == 1
+    assert len(de.query_encoder.encoder.layer) == 1 and de.passage_encoder is de.query_encoder
+    kept, first = de.query_encoder.encoder.layer[0].state_dict(), full.query_encoder.encoder.layer[0].state_dict()
+    assert all(torch.equal(kept[k], first[k]) for k in first)  # the backbone's first layer, pretrained weights
+
+    before = {n: p.detach().clone() for n, p in de.named_parameters() if p.requires_grad}
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, accelerator="cpu",
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(de, train_dataloaders=DataLoader(_examples(), batch_size=2, collate_fn=de.collator()))
+    assert trainer.global_step == 1
+    assert any(not torch.equal(p, before[n]) for n, p in de.named_parameters() if n in before)
+
+    ckpt = tmp_path / "short.ckpt"
+    trainer.save_checkpoint(ckpt)
+    de.eval()
+    expected = {side: encode_texts(de, TEXTS, side) for side in ("query", "passage")}
+    for loaded in (DualEncoderRanker.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval(),
+                   load_checkpoint(ckpt)):
+        assert loaded.hparams.num_layers == 1 and len(loaded.query_encoder.encoder.layer) == 1
+        for side in ("query", "passage"):
+            assert torch.equal(encode_texts(loaded, TEXTS, side), expected[side]), side
+
+
+@pytest.mark.parametrize("num_layers", [0, 3])
+def test_student_num_layers_out_of_range_is_a_clear_error(num_layers):
+    with pytest.raises(ValueError, match=rf"num_layers={num_layers}: backbone 'tiny' has 2 transformer layers"):
+        DualEncoderRanker(backbone="tiny", num_layers=num_layers)
