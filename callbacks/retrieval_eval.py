@@ -47,6 +47,11 @@ class RetrievalEvaluator(Callback):
             and the torch backend on the CPU still store float32.
         output_dir: where run files go (default: the trainer's log dir / ``runs``).
         write_runs: write TREC run files (rank 0 only).
+        rerank_from_embeddings: for a dual encoder, compute the re-rank scores from embeddings of each
+            distinct query and passage, each encoded once (the corpus embeddings of full retrieval when
+            that runs), instead of scoring every (query, candidate) pair in the loop, which encodes a
+            passage once per query that has it as a candidate (50 times per eval for 50-deep candidate
+            lists of overlapping queries). Same scores; a cross-attention ranker always scores pairs.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class RetrievalEvaluator(Callback):
         fp16_embeddings: bool = False,
         output_dir: str | None = None,
         write_runs: bool = True,
+        rerank_from_embeddings: bool = True,
     ) -> None:
         self.metrics = tuple(metrics)
         self.full_retrieval = full_retrieval
@@ -70,6 +76,7 @@ class RetrievalEvaluator(Callback):
         self.fp16_embeddings = fp16_embeddings
         self.output_dir = output_dir
         self.write_runs = write_runs
+        self.rerank_from_embeddings = rerank_from_embeddings
         self._buffers: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.results: dict[str, dict[str, float]] = {}
         self.runs: dict[str, dict[str, dict[str, float]]] = {}
@@ -78,8 +85,16 @@ class RetrievalEvaluator(Callback):
         self._run_path: Path | None = None
 
     # --- collecting the loop's pair scores ----------------------------------------------------------
-    def _reset(self, *_: Any) -> None:
+    def _embedding_rerank(self, pl_module) -> bool:
+        return self.rerank_from_embeddings and getattr(pl_module, "is_dual_encoder", False)
+
+    def _reset(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._buffers = {}
+        # a DE's pairs are scored here from embeddings: the loop then only iterates its batches
+        pl_module.score_pairs_in_loop = not self._embedding_rerank(pl_module)
+
+    def _restore(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.score_pairs_in_loop = True
 
     on_validation_epoch_start = _reset
     on_test_epoch_start = _reset
@@ -94,11 +109,13 @@ class RetrievalEvaluator(Callback):
     on_test_batch_end = _collect
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore(trainer, pl_module)
         if trainer.sanity_checking:
             return
         self._evaluate(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore(trainer, pl_module)
         self._evaluate(trainer, pl_module, "test")
 
     # --- evaluation -----------------------------------------------------------------------------
@@ -150,12 +167,20 @@ class RetrievalEvaluator(Callback):
         dm = trainer.datamodule
         names = dm.eval_names(stage)
         self._run_path = self._run_dir(trainer) if self.write_runs else None  # on every rank: a collective
+        dual = getattr(pl_module, "is_dual_encoder", False)
+        embeddings = self.encode_corpus(trainer, pl_module) if dual and self.full_retrieval else None
+        queries = {name: self._encode_queries(trainer, pl_module, dm.eval_sets[name]) for name in names} if dual else {}
         for idx, name in enumerate(names):
             pairs = dm.eval_sets[name]
-            pair_index, scores = self._gathered(trainer, idx)
+            if self._embedding_rerank(pl_module):
+                scores = self._scores_from_embeddings(trainer, pl_module, pairs, queries[name], embeddings)
+                pair_index = np.arange(len(pairs), dtype=np.int64)
+            else:
+                pair_index, scores = self._gathered(trainer, idx)
             self._report(trainer, pl_module, name, "rerank", pairs.to_run(pair_index, scores), pairs.qrels)
-        if self.full_retrieval and getattr(pl_module, "is_dual_encoder", False):
-            self._full_retrieval(trainer, pl_module, [(n, dm.eval_sets[n]) for n in names])
+        if embeddings is not None:
+            self._full_retrieval(trainer, pl_module, [(n, dm.eval_sets[n], queries[n]) for n in names], embeddings)
+            del embeddings
         for mode in ("rerank", "retrieval"):
             train, val = self.results.get(f"train_subset/{mode}"), self.results.get(f"val/{mode}")
             if stage == "val" and "train_subset" in names and train and val:
@@ -193,20 +218,42 @@ class RetrievalEvaluator(Callback):
         return DenseIndex.build(embeddings, ids, backend=self.search_backend, index_type=self.index_type,
                                 fp16=self.fp16_embeddings)
 
-    def _full_retrieval(self, trainer, pl_module, eval_sets) -> None:
+    def _encode_queries(self, trainer, pl_module, pairs) -> tuple[list[str], torch.Tensor]:
+        """Embeddings of an eval set's judged queries (qrels order), each encoded once."""
         from rankers.encode import encode_texts
+
+        data = trainer.datamodule.load()
+        query_ids = list(pairs.qrels)
+        rows = [trainer.datamodule.query_rows[q] for q in query_ids]
+        texts = data.queries.select(rows)["text"] if rows else []
+        with trainer.precision_plugin.forward_context():
+            return query_ids, encode_texts(pl_module, texts, "query", batch_size=self.encode_batch_size)
+
+    def _scores_from_embeddings(self, trainer, pl_module, pairs, queries, corpus: torch.Tensor | None) -> np.ndarray:
+        """Every pair's score, query · passage / temperature (as the DE scores a pair), from embeddings of
+        each distinct query and passage: the corpus embeddings when given, else the candidates', encoded once."""
+        from rankers.encode import encode_texts
+
+        query_ids, q_emb = queries
+        local_query = {trainer.datamodule.query_rows[q]: k for k, q in enumerate(query_ids)}
+        q_index = torch.as_tensor([local_query[int(r)] for r in pairs.query_row], dtype=torch.long)
+        if corpus is None:  # encode only the candidates (no full retrieval, e.g. a large corpus)
+            rows, p_index = np.unique(pairs.passage_row, return_inverse=True)
+            texts = trainer.datamodule.load().corpus.select(rows.tolist())["text"] if len(rows) else []
+            with trainer.precision_plugin.forward_context():
+                corpus = encode_texts(pl_module, texts, "passage", batch_size=self.encode_batch_size)
+            p_index = torch.from_numpy(p_index.reshape(-1).astype(np.int64))
+        else:
+            p_index = torch.from_numpy(pairs.passage_row)
+        scores = (q_emb.float()[q_index] * corpus[p_index].float()).sum(-1) / float(getattr(pl_module, "temperature", 1.0))
+        return scores.numpy()
+
+    def _full_retrieval(self, trainer, pl_module, eval_sets, embeddings: torch.Tensor) -> None:
         from rankers.search import DenseIndex
 
         data = trainer.datamodule.load()
-        embeddings = self.encode_corpus(trainer, pl_module)
         self.index = self.build_index(embeddings, data.corpus["id"])
-        del embeddings  # the index holds its own copy: do not keep the matrix through the query loop
-        for name, pairs in eval_sets:
-            query_ids = list(pairs.qrels)
-            rows = [trainer.datamodule.query_rows[q] for q in query_ids]
-            texts = data.queries.select(rows)["text"] if rows else []
-            with trainer.precision_plugin.forward_context():
-                q_emb = encode_texts(pl_module, texts, "query", batch_size=self.encode_batch_size)
+        for name, pairs, (query_ids, q_emb) in eval_sets:
             scores, ids = self.index.search(q_emb, self.retrieval_depth)
             run = DenseIndex.to_run(query_ids, scores, ids)
             self._report(trainer, pl_module, name, "retrieval", run, pairs.qrels)

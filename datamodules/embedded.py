@@ -26,14 +26,27 @@ cross-attention ranker sees directly and a dual-encoder has to squeeze into one 
   the positive's.
 * A **passage** holds three facts from different clusters (plus sometimes a filler sentence), so
   a dual-encoder must encode several bindings in one vector, while the query asks about one.
-  A fact occasionally appears in two passages; its queries then have two relevant passages.
 * A **query** paraphrases one (non-negated) fact — or, for about one query in five, two facts of
   the same passage joined by ``and`` — with different syntax (passive voice, ``whose``,
-  ``which ... has``) and, half of the time per word, synonyms (``crate`` for ``box``,
-  ``pursued`` for ``chased``). Lexical overlap alone therefore cannot solve it: for about 80% of
-  the queries some non-relevant passage contains every content word the query shares with its
-  positive, and BM25 (``bm25s``, English stop words) reaches only MRR@10 ~0.42-0.49 on the
-  default splits (recall@100 ~0.97-0.98).
+  ``which ... has``) and, for each word that has one, a synonym with probability ``synonym_rate``
+  (0.8: ``crate`` for ``box``, ``pursued`` for ``chased``; passages always use the canonical word).
+  This is the vocabulary mismatch of real queries, the reason neural rankers beat BM25 on real data:
+  a pretrained encoder knows the synonyms, BM25 does not. Lexical overlap alone cannot solve the
+  task either: for most queries some non-relevant passage contains every content word the query
+  shares with its positive.
+* **Every fact is written into ``fact_copies`` (2) passages**, each with its own surface form and
+  other facts, and **training judgments are sparse** (``sparse_train_qrels``): a training query has
+  one of its relevant passages judged, as MS MARCO's training queries have about one (Nguyen et al.
+  2016), while dev / test queries have every relevant passage judged, as deep-pooled evaluation sets
+  have (TREC DL). The unjudged copy of a training query's fact is lexically as close to the query as
+  its judged positive, so BM25 puts it among the mined hard negatives: a false negative, the situation
+  RocketQA (Qu et al. 2021) measured on MS MARCO. Label training must push it below a passage that
+  states the same fact, which only memorising the judged passage achieves (the overfitting the paper
+  describes), while a cross-attention teacher that has learned to match facts scores both copies
+  alike and passes that on through its scores. Measured with the project's own reproduce run
+  (2026-12-01, AMD EPYC with AVX-512 BF16, 2 cores; MiniLM CA and DE, 400 training queries):
+  BM25 test MRR@10 0.50 over candidates whose recall@30 is 0.82; the label-trained DE's
+  train-subset MRR@10 rises to 0.76 while validation stays at 0.59.
 * Passages are split into train / dev / test pools in proportion to the query counts; all facts
   of a pool's passages come from that pool's clusters, and each split's queries target facts in
   its own pool. Test clusters are therefore never seen in training.
@@ -51,17 +64,14 @@ the random-init backbone, on a revision of this generator without spatial facts)
 label-trained model ranked cued train passages first on test (test MRR@10 < 0.04 against
 0.14-0.40 on train). Pass ``spurious_cue=False`` for a clean dataset.
 
-Measured behaviour of the random-init backbone
-----------------------------------------------
-Scratch experiment (earlier revision of the generator, without spatial facts; default sizes;
-listwise CE over the positive and 7 BM25 negatives). With these random weights, a
-cross-attention ranker trained for
-1000-6000 steps (batch 8 queries x 8 passages) stays near chance (test MRR@10 0.03-0.13), while
-a mean-pooled dual-encoder learns lexical matching quickly (0.22-0.31) — both below BM25. A
-randomly initialised CA must first *learn* cross-segment matching through attention (its
-``[CLS]`` output varies ~40x less across passages than dropout noise at init), which a
-dual-encoder's dot product gives for free. So this backbone exercises the pipeline; it does not
-by itself reproduce "CA beats DE" in a CPU-minutes budget — that needs a pretrained backbone.
+The tiny random-init backbone (``tiny``)
+----------------------------------------
+The project's unit tests train a 2-layer, 128-d BERT with random weights (:func:`embedded_backbone_dir`).
+It exercises every code path in seconds, but it does not learn the task: a randomly initialised
+cross-attention ranker must first learn cross-segment matching through attention, and in a CPU budget
+it stays at chance (test MRR@10 0.03-0.13 after 1000-6000 steps, earlier revision of this generator)
+while a mean-pooled dual encoder gets lexical matching from its dot product. The paper's effects are
+shown with the pretrained default backbone (``minilm``), not with this one.
 
 Length limits: queries have at most :data:`MAX_QUERY_WORDS` words and passages at most
 :data:`MAX_PASSAGE_WORDS` words, so a ``[CLS] q [SEP] p [SEP]`` pair fits in 64 word pieces.
@@ -94,7 +104,7 @@ __all__ = [
     "embedded_backbone_dir",
 ]
 
-DATASET_VERSION = 2
+DATASET_VERSION = 3
 BACKBONE_VERSION = 2
 SPURIOUS_CUE = "this was verified"
 MAX_QUERY_WORDS = 16
@@ -226,8 +236,8 @@ def _query_clause(fact: Fact, rng: random.Random, *, short: bool) -> str:
     return rng.choice(forms)
 
 
-def _synonymize(text: str, rng: random.Random) -> str:
-    return " ".join(SYNONYMS[w] if w in SYNONYMS and rng.random() < 0.5 else w for w in text.split())
+def _synonymize(text: str, rng: random.Random, rate: float) -> str:
+    return " ".join(SYNONYMS[w] if w in SYNONYMS and rng.random() < rate else w for w in text.split())
 
 
 def _articles(text: str) -> str:
@@ -280,7 +290,6 @@ def _perturbations(fact: Fact, rng: random.Random) -> list[Fact]:
 
 _CLUSTER_SIZE = 4  # base fact + 3 perturbations
 _FACTS_PER_PASSAGE = 3
-_DUPLICATE_RATE = 0.08  # share of target facts that appear in two passages
 _CONJUNCTION_RATE = 0.2  # share of queries about two facts of the same passage
 _FILLER_RATE = 0.5
 
@@ -303,7 +312,7 @@ def _pool_sizes(num_passages: int, query_counts: dict[str, int]) -> dict[str, in
 
 
 def _build_pool(rng: random.Random, num_passages: int, used: set[Fact],
-                first_index: int) -> tuple[list[_Passage], list[list[Fact]]]:
+                first_index: int, copies: int) -> tuple[list[_Passage], list[list[Fact]]]:
     """Passages of one pool and the clusters their facts come from (cluster members are distinct)."""
     facts_of: list[list[Fact]] = [[] for _ in range(num_passages)]
     open_ids = list(range(num_passages))  # passages with a free fact slot
@@ -319,9 +328,7 @@ def _build_pool(rng: random.Random, num_passages: int, used: set[Fact],
             continue
         misses = 0
         cluster = [base] + [f for f in _perturbations(base, rng) if f not in used][: _CLUSTER_SIZE - 1]
-        layout = list(cluster)
-        if rng.random() < _DUPLICATE_RATE * _CLUSTER_SIZE:
-            layout.append(base)  # written into two passages: its queries have two positives
+        layout = [f for f in cluster for _ in range(copies)]  # each fact in `copies` different passages
         # each member goes to a different passage with a free slot, chosen at random
         targets = rng.sample(open_ids, min(len(layout), len(open_ids)))
         cluster = [f for f in cluster if f in layout[: len(targets)]]
@@ -342,7 +349,7 @@ def _build_pool(rng: random.Random, num_passages: int, used: set[Fact],
 
 
 def _make_queries(rng: random.Random, split: str, count: int, passages: list[_Passage],
-                  clusters: list[list[Fact]]) -> list[tuple[str, str, list[str]]]:
+                  clusters: list[list[Fact]], synonym_rate: float) -> list[tuple[str, str, list[str]]]:
     """``count`` queries (id, text, relevant passage ids) about the non-negated facts of a pool."""
     where: dict[Fact, list[str]] = {}
     for p in passages:
@@ -375,22 +382,29 @@ def _make_queries(rng: random.Random, split: str, count: int, passages: list[_Pa
                 rng.shuffle(clauses)
                 clause = " and ".join(clauses)
                 positives = sorted(set(positives) & set(where[partner]))
-        text = _articles(_synonymize(clause, rng))
+        text = _articles(_synonymize(clause, rng, synonym_rate))
         queries.append((f"{split}-q{k:05d}", text, positives))
     return queries
 
 
 def _dataset_params(seed: int, num_passages: int, num_train_queries: int, num_dev_queries: int,
-                    num_test_queries: int, spurious_cue: bool) -> dict[str, Any]:
+                    num_test_queries: int, spurious_cue: bool, fact_copies: int = 2,
+                    sparse_train_qrels: bool = True, synonym_rate: float = 0.8) -> dict[str, Any]:
     for name, value in (("num_passages", num_passages), ("num_train_queries", num_train_queries),
                         ("num_dev_queries", num_dev_queries), ("num_test_queries", num_test_queries)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an int, got {seed!r}")
+    if isinstance(fact_copies, bool) or not isinstance(fact_copies, int) or not 1 <= fact_copies <= _FACTS_PER_PASSAGE:
+        raise ValueError(f"fact_copies must be an int from 1 to {_FACTS_PER_PASSAGE}, got {fact_copies!r}")
+    if not 0.0 <= float(synonym_rate) <= 1.0:
+        raise ValueError(f"synonym_rate must be in [0, 1], got {synonym_rate!r}")
     return {"version": DATASET_VERSION, "seed": seed, "num_passages": num_passages,
             "num_train_queries": num_train_queries, "num_dev_queries": num_dev_queries,
-            "num_test_queries": num_test_queries, "spurious_cue": bool(spurious_cue)}
+            "num_test_queries": num_test_queries, "spurious_cue": bool(spurious_cue),
+            "fact_copies": fact_copies, "sparse_train_qrels": bool(sparse_train_qrels),
+            "synonym_rate": float(synonym_rate)}
 
 
 def _write_dataset(out: Path, params: dict[str, Any]) -> dict[str, Any]:
@@ -403,9 +417,17 @@ def _write_dataset(out: Path, params: dict[str, Any]) -> dict[str, Any]:
     passages: list[_Passage] = []
     queries: dict[str, list[tuple[str, str, list[str]]]] = {}
     for split in SPLITS:
-        pool, clusters = _build_pool(rng, sizes[split], used, first_index=len(passages))
-        queries[split] = _make_queries(rng, split, counts[split], pool, clusters)
+        pool, clusters = _build_pool(rng, sizes[split], used, first_index=len(passages), copies=params["fact_copies"])
+        queries[split] = _make_queries(rng, split, counts[split], pool, clusters, params["synonym_rate"])
         passages.extend(pool)
+    unjudged = 0
+    if params["sparse_train_qrels"]:  # one judged passage per training query, as in MS MARCO
+        sparse = []
+        for qid, text, positives in queries["train"]:
+            judged = [rng.choice(positives)]
+            unjudged += len(positives) - 1
+            sparse.append((qid, text, judged))
+        queries["train"] = sparse
     cued: set[str] = set()
     if params["spurious_cue"]:
         cued = {pid for _, _, pos in queries["train"] for pid in pos}
@@ -433,6 +455,7 @@ def _write_dataset(out: Path, params: dict[str, Any]) -> dict[str, Any]:
         "num_queries": {s: len(queries[s]) for s in SPLITS},
         "pool_passages": sizes,
         "num_cued_passages": len(cued),
+        "num_unjudged_train_positives": unjudged,
     }
 
 
@@ -445,6 +468,9 @@ def generate_embedded_dataset(
     num_dev_queries: int = DEFAULT_NUM_DEV_QUERIES,
     num_test_queries: int = DEFAULT_NUM_TEST_QUERIES,
     spurious_cue: bool = True,
+    fact_copies: int = 2,
+    sparse_train_qrels: bool = True,
+    synonym_rate: float = 0.8,
 ) -> Path:
     """Write the synthetic BEIR-layout dataset into ``root`` and return ``root``.
 
@@ -454,7 +480,7 @@ def generate_embedded_dataset(
     dataset. See the module docstring for the design.
     """
     params = _dataset_params(seed, num_passages, num_train_queries, num_dev_queries,
-                             num_test_queries, spurious_cue)
+                             num_test_queries, spurious_cue, fact_copies, sparse_train_qrels, synonym_rate)
 
     def build(out: Path) -> dict[str, Any]:
         stats = _write_dataset(out, params)
@@ -471,14 +497,18 @@ def embedded_dataset_dir(
     num_dev_queries: int = DEFAULT_NUM_DEV_QUERIES,
     num_test_queries: int = DEFAULT_NUM_TEST_QUERIES,
     spurious_cue: bool = True,
+    fact_copies: int = 2,
+    sparse_train_qrels: bool = True,
+    synonym_rate: float = 0.8,
 ) -> Path:
     """``rankers_home()/embedded/data-<hash of params>``, generated there if missing."""
     params = _dataset_params(seed, num_passages, num_train_queries, num_dev_queries,
-                             num_test_queries, spurious_cue)
+                             num_test_queries, spurious_cue, fact_copies, sparse_train_qrels, synonym_rate)
     root = rankers_home() / "embedded" / f"data-{_short_hash(params)}"
     return generate_embedded_dataset(
         root, seed=seed, num_passages=num_passages, num_train_queries=num_train_queries,
-        num_dev_queries=num_dev_queries, num_test_queries=num_test_queries, spurious_cue=spurious_cue)
+        num_dev_queries=num_dev_queries, num_test_queries=num_test_queries, spurious_cue=spurious_cue,
+        fact_copies=fact_copies, sparse_train_qrels=sparse_train_qrels, synonym_rate=synonym_rate)
 
 
 # --------------------------------------------------------------------------------------------

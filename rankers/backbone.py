@@ -195,20 +195,26 @@ def load_encoder(name_or_path: str, *, trust_remote_code: bool = False, gradient
     return model
 
 
-def load_sequence_scorer(name_or_path: str, *, trust_remote_code: bool = False, gradient_checkpointing: bool = False):
+def load_sequence_scorer(name_or_path: str, *, trust_remote_code: bool = False, gradient_checkpointing: bool = False,
+                         num_layers: int | None = None):
     """``AutoModelForSequenceClassification`` with one label: a cross-encoder's scalar relevance head.
 
     Using the standard class means an exported teacher loads as-is in sentence-transformers'
     ``CrossEncoder``; a plain encoder directory gets a freshly initialised head (seeded by the caller).
+    ``num_layers`` keeps the first k transformer layers, as in :func:`load_encoder`.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     name = resolve_backbone(name_or_path)
-    with _transformers_errors_only():  # "some weights newly initialized" is expected here
-        model = _load(
-            AutoModelForSequenceClassification, name, "sequence-classification model",
-            num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32,
-        )
+    kwargs: dict = dict(num_labels=1, trust_remote_code=trust_remote_code, dtype=torch.float32)
+    if num_layers is not None:
+        config = _load(AutoConfig, name, "config", trust_remote_code=trust_remote_code, num_labels=1)
+        count = _layer_count(name_or_path, config)
+        _check_num_layers(name_or_path, num_layers, count)
+        config.num_hidden_layers = num_layers
+        kwargs = dict(config=config, trust_remote_code=trust_remote_code, dtype=torch.float32)
+    with _transformers_errors_only():  # "some weights newly initialized" (the head) is expected here
+        model = _load(AutoModelForSequenceClassification, name, "sequence-classification model", **kwargs)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model

@@ -34,10 +34,14 @@ class RankerModule(pl.LightningModule):
     """Base class: optimizer, pair-scoring loops, loss sanity check. Subclasses define the model."""
 
     is_dual_encoder: bool = False
+    #: False while an eval callback scores the eval pairs itself (a DE's re-rank from embeddings):
+    #: the validation / test loop then only walks the batches
+    score_pairs_in_loop: bool = True
 
-    def __init__(self, lr: float, weight_decay: float, warmup_ratio: float) -> None:
+    def __init__(self, lr: float, weight_decay: float, warmup_ratio: float, head_lr: float | None = None) -> None:
         super().__init__()
         self.lr = lr
+        self.head_lr = head_lr
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
         self._step_seed: int | None = None  # base seed of the per-step RNG (checkpointed)
@@ -53,6 +57,10 @@ class RankerModule(pl.LightningModule):
 
     def listwise_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
         raise NotImplementedError
+
+    def is_head_parameter(self, name: str) -> bool:
+        """Parameters created fresh on top of the pretrained backbone (trained at ``head_lr``)."""
+        return False
 
     # --- per-step randomness ------------------------------------------------------------------------
     def _base_seed(self) -> int:
@@ -94,6 +102,8 @@ class RankerModule(pl.LightningModule):
         if "pair_index" not in batch:  # a listwise batch (validation loss); not used for metrics
             loss, _ = self.listwise_loss(batch)
             return {"loss": loss}
+        if not self.score_pairs_in_loop:
+            return {}
         return {"pair_index": batch["pair_index"], "scores": self.pair_scores(batch).float()}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
@@ -107,13 +117,17 @@ class RankerModule(pl.LightningModule):
 
     # --- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
-        decay, no_decay = [], []
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            (no_decay if param.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(param)
+            no_decay = param.ndim < 2 or "LayerNorm" in name or "norm" in name.lower()
+            head = self.head_lr is not None and self.is_head_parameter(name)
+            groups.setdefault((head, no_decay), []).append(param)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [{"params": params, "weight_decay": 0.0 if no_decay else self.weight_decay,
+              "lr": self.head_lr if head else self.lr}
+             for (head, no_decay), params in sorted(groups.items())],
             lr=self.lr,
         )
         schedule = self._schedule  # the lambda reads it; on_train_start fills in the real lengths

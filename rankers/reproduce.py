@@ -35,9 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--embedded-scale", type=float, default=1.0, help="size multiplier of the embedded default data")
     a("--embedded-spurious-cue", action="store_true",
       help="plant the embedded default's train-only cue (shows overfitting; also derails the teacher)")
-    a("--teacher-backbone", default="embedded", help="CA backbone: hub name, local directory or 'embedded'")
-    a("--student-backbone", default="embedded", help="DE backbone: hub name, local directory or 'embedded'")
+    a("--teacher-backbone", default="minilm",
+      help="CA backbone: 'minilm' (all-MiniLM-L6-v2, offline), 'tiny' (random 2-layer BERT), hub name or local directory")
+    a("--student-backbone", default="minilm", help="DE backbone (same choices)")
+    a("--student-num-layers", type=int, default=3,
+      help="the student keeps the first k layers of its backbone (the paper: 12-layer CA, 6-layer DE); 0 = all")
     a("--pooling", default="mean", choices=["cls", "mean"], help="DE pooling (mean for sentence-transformers models)")
+    a("--similarity", default="cos", choices=["cos", "dot"],
+      help="DE similarity (all-MiniLM-L6-v2 was trained with cosine / 0.05)")
+    a("--temperature", type=float, default=0.05, help="DE scores are similarity / temperature")
     a("--losses", default="m3se", help="comma-separated distillation losses: m3se,margin_mse,kl,softmax_ce,mse,rankdistil")
     a("--label-weight", type=float, default=0.0, help="weight of the one-hot label loss mixed into distillation")
     a("--train-split", default="train")
@@ -46,19 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     a("--teacher-checkpoint", default=None,
       help="reuse this CA checkpoint (e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier run) instead "
            "of training the teacher: it is still tested and scores the training candidates")
-    a("--teacher-epochs", type=int, default=4)
-    a("--student-epochs", type=int, default=4)
-    a("--teacher-lr", type=float, default=1e-3)
-    a("--student-lr", type=float, default=5e-4)
-    a("--batch-size", type=int, default=16, help="training queries per batch")
+    a("--teacher-epochs", type=int, default=2)
+    a("--student-epochs", type=int, default=3)
+    a("--teacher-lr", type=float, default=1e-4)
+    a("--teacher-head-lr", type=float, default=2e-3, help="learning rate of the CA's fresh scoring head")
+    a("--student-lr", type=float, default=1e-4)
+    a("--batch-size", type=int, default=8, help="training queries per batch")
     a("--num-negatives", type=int, default=7)
     a("--max-length", type=int, default=64, help="CA pair length; DE passages use it too")
     a("--query-max-length", type=int, default=32)
-    a("--max-train-queries", type=int, default=None)
-    a("--max-eval-queries", type=int, default=None)
-    a("--eval-depth", type=int, default=50, help="candidates per query to re-rank")
-    a("--negative-window", default="0,50", help="rank window lo,hi of the BM25 candidates negatives come from")
-    a("--train-subset", type=int, default=200, help="training queries evaluated each epoch (overfitting gap)")
+    a("--max-train-queries", type=int, default=400, help="training queries (0 = all)")
+    a("--max-eval-queries", type=int, default=200, help="queries of each eval split (0 = all)")
+    a("--eval-depth", type=int, default=30, help="candidates per query to re-rank")
+    a("--negative-window", default="0,30", help="rank window lo,hi of the BM25 candidates negatives come from")
+    a("--train-subset", type=int, default=100, help="training queries evaluated each epoch (overfitting gap)")
     a("--refresh-every", type=int, default=0,
       help="students re-mine their negatives with themselves every N epochs (ANCE-style); 0 = BM25 negatives")
     a("--denoise-margin", type=float, default=None,
@@ -66,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--capacity-dims", default="4,8,16,32,64", help="embedding sizes for the capacity probe ('' to skip)")
     a("--accelerator", default="auto")
     a("--devices", default="1")
-    a("--precision", default="32-true")
+    a("--precision", default="auto",
+      help="'auto': bf16-mixed where the CPU / GPU has native bf16, else 32-true; or any Lightning precision")
     a("--num-workers", type=int, default=0)
     a("--seed", type=int, default=0)
     a("--wandb", action="store_true", help="log to W&B (offline when no key / network)")
@@ -86,10 +94,12 @@ def _trainer(args, root: Path, epochs: int, callbacks: list, monitor: bool = Tru
     if monitor:
         callbacks = [*callbacks, ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/rerank/mrr@10",
                                                  mode="max", save_last=True, filename="best")]
+    from rankers.precision import resolve_precision
+
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     return pl.Trainer(
         default_root_dir=root, max_epochs=epochs, accelerator=args.accelerator, devices=devices,
-        precision=args.precision, logger=loggers, callbacks=callbacks, reload_dataloaders_every_n_epochs=1,
+        precision=resolve_precision(args.precision, args.accelerator), logger=loggers, callbacks=callbacks, reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0, log_every_n_steps=10, enable_model_summary=False,
         deterministic=False,
     )
@@ -102,8 +112,8 @@ def _datamodule(args, **overrides):
     kw = dict(dataset=args.dataset, embedded_scale=args.embedded_scale, embedded_spurious_cue=args.embedded_spurious_cue,
               negative_window=(lo, hi), train_subset_size=args.train_subset, train_split=args.train_split,
               val_split=args.val_split, test_split=args.test_split, num_negatives=args.num_negatives,
-              batch_size=args.batch_size, eval_depth=args.eval_depth, max_train_queries=args.max_train_queries,
-              max_eval_queries=args.max_eval_queries, num_workers=args.num_workers, seed=args.seed)
+              batch_size=args.batch_size, eval_depth=args.eval_depth, max_train_queries=args.max_train_queries or None,
+              max_eval_queries=args.max_eval_queries or None, num_workers=args.num_workers, seed=args.seed)
     kw.update(overrides)
     return RankingDataModule(**kw)
 
@@ -129,6 +139,7 @@ def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int) -> dict[s
     trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False)
     results = _test_results(evaluator)
     results["_meta"] = {"fit_seconds": fit_s, "best_checkpoint": trainer.checkpoint_callback.best_model_path}
+    results["_run"] = evaluator.runs.get("test/rerank")
     plot_gap_curves(evaluator.history, root / "plots" / "gap.png", f"{name}: train subset vs val")
     for key in ("rerank", "retrieval"):  # the overfitting gap at the last epoch: train subset vs val
         if f"train_subset/{key}" in evaluator.history[-1] and f"val/{key}" in evaluator.history[-1]:
@@ -145,7 +156,21 @@ def _test_only(args, model, dm, root: Path, ckpt: str) -> dict[str, dict[str, fl
     trainer.test(model, datamodule=dm, ckpt_path=ckpt, verbose=False)
     results = _test_results(evaluator)
     results["_meta"] = {"fit_seconds": 0.0, "best_checkpoint": ckpt}
+    results["_run"] = evaluator.runs.get("test/rerank")
     return results
+
+
+def release_memory() -> None:
+    """Drop a finished stage's model, optimizer and trainer before the next one is built, and hand freed
+    heap pages back to the OS (glibc keeps them otherwise, so peak RSS would add up over the stages)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def plot_gap_curves(history: list[dict[str, dict[str, float]]], path: Path, title: str) -> None:
@@ -178,6 +203,33 @@ def bm25_baseline(dm) -> dict[str, float]:
     run = dm._candidate_run(dm.test_split, list(pairs.qrels))
     result = evaluate_run(run, pairs.qrels, TABLE_METRICS)
     return {m: float(result[m]) for m in TABLE_METRICS}
+
+
+def paired_significance(results: dict[str, Any], qrels) -> list[dict[str, Any]]:
+    """Each distilled student and the CA vs the DE on labels on the test queries (re-rank MRR@10):
+    two-sided paired t-test, Holm correction over these comparisons
+    (:func:`rankers.significance.compare_systems`)."""
+    from rankers.significance import compare_systems
+
+    runs = {name: res["_run"] for name, res in results.items() if res.get("_run") is not None}
+    if "DE labels" not in runs or len(runs) < 2:
+        return []
+    ordered = {"DE labels": runs["DE labels"], **{k: v for k, v in runs.items() if k not in ("DE labels", "CA teacher")}}
+    if "CA teacher" in runs:
+        ordered["CA teacher"] = runs["CA teacher"]
+    return compare_systems(ordered, qrels, "mrr@10", baseline="DE labels", test="t-test", correction="holm")
+
+
+def machine_line() -> str:
+    import platform
+
+    import torch
+
+    from rankers.precision import cpu_has_native_bf16, cpu_model
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu_model()} ({torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}), {gpu}, "
+            f"torch {torch.__version__}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
 
 
 def gap_closed(distilled: float, labels: float, teacher: float) -> float | None:
@@ -215,7 +267,8 @@ def run(args) -> dict[str, Any]:
                                 "checkpoint, e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier reproduce run)")
     pl.seed_everything(args.seed, workers=True)
     dm = _datamodule(args)
-    ca = CrossAttentionRanker(backbone=args.teacher_backbone, max_length=args.max_length, lr=args.teacher_lr)
+    ca = CrossAttentionRanker(backbone=args.teacher_backbone, max_length=args.max_length, lr=args.teacher_lr,
+                              head_lr=args.teacher_head_lr)
     if args.teacher_checkpoint:
         results["CA teacher"] = _test_only(args, ca, dm, out / "ca_teacher", args.teacher_checkpoint)
     else:
@@ -227,6 +280,8 @@ def run(args) -> dict[str, Any]:
     predictor = _trainer(args, out / "ca_teacher" / "predict", 1, [writer], monitor=False)
     predictor.predict(ca, datamodule=dm, ckpt_path=results["CA teacher"]["_meta"]["best_checkpoint"],
                       return_predictions=False)
+    del ca, predictor, writer
+    release_memory()
     if args.capacity_dims:  # the paper's first claim, on this teacher's scores
         from rankers.capacity import main as capacity
 
@@ -249,10 +304,14 @@ def run(args) -> dict[str, Any]:
                          {**mining, **teacher_data}))
     for name, model_kw, dm_kw in students:
         pl.seed_everything(args.seed, workers=True)
-        de = DualEncoderRanker(backbone=args.student_backbone, pooling=args.pooling, query_max_length=args.query_max_length,
-                               passage_max_length=args.max_length, lr=args.student_lr, **model_kw)
+        de = DualEncoderRanker(backbone=args.student_backbone, num_layers=args.student_num_layers or None,
+                               pooling=args.pooling, similarity=args.similarity, temperature=args.temperature,
+                               query_max_length=args.query_max_length, passage_max_length=args.max_length,
+                               lr=args.student_lr, **model_kw)
         slug = name.lower().replace(" ", "_")
         results[name] = _fit_and_test(args, name, de, _datamodule(args, **dm_kw), out / slug, args.student_epochs)
+        del de
+        release_memory()
 
     # 4. table
     rows = [{"model": "BM25 candidates", "eval": "candidate order", **bm25_baseline(dm)}]
@@ -277,12 +336,20 @@ def run(args) -> dict[str, Any]:
                 gap_lines.append(f"| {name} | {mode} | {g['train_subset']:.4f} | {g['val']:.4f} | "
                                  f"{g['train_subset'] - g['val']:+.4f} |")
     table += "\n".join(gap_lines)
+    significance = paired_significance(results, dm.eval_sets["test"].qrels)
+    if significance:
+        from rankers.significance import significance_markdown
+
+        table += ("\n\nPaired significance over the test queries (re-rank MRR@10, each system vs DE labels; "
+                  "two-sided paired t-test, Holm-corrected over the comparisons, alpha 0.05):\n\n"
+                  + significance_markdown(significance))
     reused = f" (checkpoint {args.teacher_checkpoint}, not retrained)" if args.teacher_checkpoint else ""
-    note = (f"\nDataset: {args.dataset}; teacher: {args.teacher_backbone}{reused}; student: {args.student_backbone}; "
+    note = (f"\nMachine: {machine_line()}.\nDataset: {args.dataset}; teacher: {args.teacher_backbone}{reused}; student: {args.student_backbone}; "
             f"test split '{args.test_split}'. Re-rank rows score the same candidates (top-{args.eval_depth}); "
             f"gap closed = (DE_distill − DE_labels) / (CA − DE_labels) on re-rank MRR@10. Total time {elapsed:.0f}s.\n")
     (out / "paper_table.md").write_text(table + "\n" + note)
-    payload = {"rows": rows, "seconds": elapsed, "args": vars(args),
+    payload = {"rows": rows, "seconds": elapsed, "args": vars(args), "significance": significance,
+               "machine": machine_line(),
                "overfitting_gap": {k: v.get("gap/rerank") for k, v in results.items()},
                "fit_seconds": {k: v["_meta"]["fit_seconds"] for k, v in results.items()}}
     (out / "paper_table.json").write_text(json.dumps(payload, indent=2))

@@ -113,7 +113,30 @@ def test_beir_files_are_well_formed(small_dataset):
     assert max(len(t.split()) for t in corpus.values()) <= MAX_PASSAGE_WORDS
     manifest = json.loads((small_dataset / "manifest.json").read_text())
     assert manifest["params"] == {"version": embedded.DATASET_VERSION, "seed": 0, **SMALL,
-                                  "spurious_cue": True}
+                                  "spurious_cue": True, "fact_copies": 2, "sparse_train_qrels": True,
+                                  "synonym_rate": 0.8}
+
+
+def _fact_sentences(text: str) -> list[str]:
+    return [s.strip() for s in text.split(" . ") if s.strip(" .")]
+
+
+def test_training_judgments_are_sparse_and_eval_judgments_complete(small_dataset, tmp_path):
+    """Every fact is written into two passages; a training query has one of them judged (as in MS MARCO),
+    a dev / test query has every passage holding its fact judged; fact_copies=1 has no unjudged copies."""
+    corpus, _, qrels = _read_beir(small_dataset)
+    assert all(len(rel) == 1 for rel in qrels["train"].values())
+    held_out = [len(rel) for s in ("dev", "test") for rel in qrels[s].values()]
+    assert sum(n == 2 for n in held_out) / len(held_out) >= 0.6  # single-fact queries: both copies
+    manifest = json.loads((small_dataset / "manifest.json").read_text())
+    assert manifest["stats"]["num_unjudged_train_positives"] >= 0.6 * SMALL["num_train_queries"]
+    full = generate_embedded_dataset(tmp_path / "full", sparse_train_qrels=False, **SMALL)
+    full_qrels = _read_beir(full)[2]["train"]
+    assert sum(len(rel) == 2 for rel in full_qrels.values()) >= 0.6 * len(full_qrels)
+    for qid, rel in qrels["train"].items():  # the judged passage is one of the relevant ones
+        assert set(rel) <= set(full_qrels[qid])
+    single = generate_embedded_dataset(tmp_path / "single", fact_copies=1, **SMALL)
+    assert json.loads((single / "manifest.json").read_text())["stats"]["num_unjudged_train_positives"] == 0
 
 
 def test_spurious_cue_only_in_train_positives(small_dataset, tmp_path):

@@ -7,6 +7,11 @@ import pytest
 
 from rankers.reproduce import gap_closed, make_table
 
+# the tiny random BERT for both models (training in tests stays tiny), at the rates it learns with
+TINY = ["--teacher-backbone", "tiny", "--student-backbone", "tiny", "--student-num-layers", "0",
+        "--teacher-lr", "1e-3", "--teacher-head-lr", "1e-3", "--student-lr", "5e-4", "--similarity", "dot",
+        "--temperature", "1", "--max-train-queries", "0"]
+
 
 def test_gap_closed_formula():
     assert gap_closed(0.349, 0.310, 0.370) == pytest.approx(0.65)  # the paper's MS MARCO numbers
@@ -23,7 +28,8 @@ def test_reproduce_tiny(tmp_path):
     out = tmp_path / "demo"
     payload = main(["reproduce", "--output-dir", str(out), "--embedded-scale", "0.05", "--teacher-epochs", "1",
                     "--student-epochs", "1", "--losses", "m3se,kl", "--max-eval-queries", "10", "--train-subset", "10",
-                    "--eval-depth", "20", "--negative-window", "0,20", "--capacity-dims", "2,4", "--accelerator", "cpu"])
+                    "--eval-depth", "20", "--negative-window", "0,20", "--capacity-dims", "2,4", "--accelerator", "cpu",
+                    *TINY])
     saved = json.loads((out / "paper_table.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(payload["rows"]))
     rows = {(r["model"], r["eval"]): r for r in saved["rows"]}
@@ -36,6 +42,13 @@ def test_reproduce_tiny(tmp_path):
     assert m3se["gap_closed"] == (pytest.approx((m3se["mrr@10"] - de) / (ca - de)) if ca > de else None)
     table = (out / "paper_table.md").read_text()
     assert "| CA teacher | re-rank |" in table and "Overfitting gap" in table
+    assert "Paired significance" in table and "| DE m3se | DE labels |" in table
+    tests = {(r["system"], r["baseline"]): r for r in saved["significance"]}
+    assert set(tests) == {("DE m3se", "DE labels"), ("DE kl", "DE labels"), ("CA teacher", "DE labels")}
+    m3se_test = tests[("DE m3se", "DE labels")]
+    assert m3se_test["mean"] == pytest.approx(m3se["mrr@10"]) and m3se_test["baseline_mean"] == pytest.approx(de)
+    assert 0.0 <= m3se_test["p_value"] <= m3se_test["p_corrected"] <= 1.0
+    assert "Machine:" in table
     assert (out / "ca_teacher" / "teacher_scores.trec").exists()
     assert (out / "capacity" / "capacity.md").exists() and (out / "capacity" / "capacity.png").exists()
     assert list((out / "de_labels" / "plots").glob("scores_epoch*.png"))
@@ -49,7 +62,7 @@ def test_reproduce_reuses_a_teacher_checkpoint(tmp_path):
 
     common = ["--embedded-scale", "0.05", "--student-epochs", "1", "--losses", "m3se", "--max-eval-queries", "10",
               "--train-subset", "10", "--eval-depth", "20", "--negative-window", "0,20", "--capacity-dims", "",
-              "--accelerator", "cpu"]
+              "--accelerator", "cpu", "--precision", "32-true", *TINY]
     first = main(["reproduce", "--output-dir", str(tmp_path / "a"), "--teacher-epochs", "1", *common])
     ckpt = tmp_path / "a" / "ca_teacher" / "checkpoints" / "best.ckpt"
     second = main(["reproduce", "--output-dir", str(tmp_path / "b"), "--teacher-checkpoint", str(ckpt), *common])

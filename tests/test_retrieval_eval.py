@@ -89,3 +89,30 @@ def test_fp16_embeddings_reach_the_index(fp16_embeddings, cache_dir, tmp_path, m
     else:
         assert isinstance(stored, search.faiss.IndexFlat)
     assert evaluator.index.ntotal > 0 and "val/retrieval" in evaluator.results
+
+
+@pytest.mark.parametrize("full_retrieval", [True, False])
+def test_dual_encoder_rerank_from_embeddings_equals_scoring_every_pair(full_retrieval, cache_dir, tmp_path):
+    """A DE's re-rank scores computed from each distinct text's embedding (the default) are the scores the
+    validation loop gives when it encodes every (query, candidate) pair, with or without full retrieval."""
+    from rankers.dual_encoder import DualEncoderRanker
+
+    runs = {}
+    for from_embeddings in (True, False):
+        pl.seed_everything(0)
+        model = DualEncoderRanker(backbone="tiny", passage_max_length=32, query_max_length=16, temperature=0.5)
+        dm = RankingDataModule(embedded_scale=0.05, max_eval_queries=8, train_subset_size=0, batch_size=8,
+                               num_negatives=3, cache_dir=cache_dir, eval_depth=10)
+        evaluator = RetrievalEvaluator(metrics=("mrr@10",), retrieval_depth=20, encode_batch_size=16, write_runs=False,
+                                       full_retrieval=full_retrieval, rerank_from_embeddings=from_embeddings)
+        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[evaluator],
+                             default_root_dir=tmp_path)
+        trainer.validate(model, datamodule=dm)
+        runs[from_embeddings] = evaluator.runs["val/rerank"]
+        assert model.score_pairs_in_loop  # restored after the epoch
+    assert runs[True].keys() == runs[False].keys() and len(runs[True]) == 8
+    for qid, candidates in runs[False].items():
+        assert runs[True][qid].keys() == candidates.keys()
+        for pid, score in candidates.items():
+            assert runs[True][qid][pid] == pytest.approx(score, abs=1e-4)
