@@ -61,8 +61,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--student-backbone", default="minilm", help="reproduce --student-backbone")
     p.add_argument("--max-train-queries", type=int, default=256, help="reproduce --max-train-queries (0: all)")
     p.add_argument("--max-eval-queries", type=int, default=100, help="reproduce --max-eval-queries (0: all)")
-    p.add_argument("--teacher-epochs", type=int, default=2, help="reproduce --teacher-epochs")
-    p.add_argument("--student-epochs", type=int, default=2, help="reproduce --student-epochs")
+    p.add_argument("--teacher-epochs", type=int, default=3, help="reproduce --teacher-epochs (its default)")
+    p.add_argument("--student-epochs", type=int, default=1, help="reproduce --student-epochs (its default)")
     p.add_argument("--seed", type=int, default=0, help="reproduce --seed")
     p.add_argument("--skip-existing", action="store_true",
                    help="reuse dataset directories that already have paper_table.md")
@@ -81,10 +81,8 @@ def dataset_command(args: argparse.Namespace, name: str, extra: list[str]) -> li
     val, test = DATASETS[name]
     flags = ["--dataset", str(Path(args.data_root) / name), "--val-split", val, "--test-split", test,
              "--teacher-backbone", args.teacher_backbone, "--student-backbone", args.student_backbone]
-    if args.max_train_queries:
-        flags += ["--max-train-queries", str(args.max_train_queries)]
-    if args.max_eval_queries:
-        flags += ["--max-eval-queries", str(args.max_eval_queries)]
+    # always passed: reproduce reads 0 as "all queries" (its own defaults are 400 / 200)
+    flags += ["--max-train-queries", str(args.max_train_queries), "--max-eval-queries", str(args.max_eval_queries)]
     flags += ["--teacher-epochs", str(args.teacher_epochs), "--student-epochs", str(args.student_epochs)]
     return reproduce_command(Path(args.output_dir) / name, [*flags, *extra], seed=args.seed)
 

@@ -63,6 +63,9 @@ BM25 top-50 negatives of training queries carry it too, in a scratch experiment 
 the random-init backbone, on a revision of this generator without spatial facts) every
 label-trained model ranked cued train passages first on test (test MRR@10 < 0.04 against
 0.14-0.40 on train). Pass ``spurious_cue=False`` for a clean dataset.
+Those numbers are from the tiny random-init backbone and the v2 generator; the cue has not been
+re-measured with MiniLM or with the sparse judgments of v3 (there it marks the one judged passage of
+each training query, not its unjudged copy). The DataModule and ``reproduce`` keep it off by default.
 
 The tiny random-init backbone (``tiny``)
 ----------------------------------------

@@ -38,13 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--teacher-backbone", default="minilm",
       help="CA backbone: 'minilm' (all-MiniLM-L6-v2, offline), 'tiny' (random 2-layer BERT), hub name or local directory")
     a("--student-backbone", default="minilm", help="DE backbone (same choices)")
-    a("--student-num-layers", type=int, default=3,
-      help="the student keeps the first k layers of its backbone (the paper: 12-layer CA, 6-layer DE); 0 = all")
+    a("--student-num-layers", type=int, default=0,
+      help="the student keeps the first k layers of its backbone (the paper: 12-layer CA, 6-layer DE); 0 = all "
+           "(a 3-layer MiniLM student stays below BM25 on the embedded default, see README)")
     a("--pooling", default="mean", choices=["cls", "mean"], help="DE pooling (mean for sentence-transformers models)")
     a("--similarity", default="cos", choices=["cos", "dot"],
       help="DE similarity (all-MiniLM-L6-v2 was trained with cosine / 0.05)")
     a("--temperature", type=float, default=0.05, help="DE scores are similarity / temperature")
-    a("--losses", default="m3se", help="comma-separated distillation losses: m3se,margin_mse,kl,softmax_ce,mse,rankdistil")
+    a("--losses", default="kl", help="comma-separated distillation losses: m3se,margin_mse,kl,softmax_ce,mse,rankdistil")
     a("--label-weight", type=float, default=0.0, help="weight of the one-hot label loss mixed into distillation")
     a("--train-split", default="train")
     a("--val-split", default="dev")
@@ -52,13 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     a("--teacher-checkpoint", default=None,
       help="reuse this CA checkpoint (e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier run) instead "
            "of training the teacher: it is still tested and scores the training candidates")
-    a("--teacher-epochs", type=int, default=2)
-    a("--student-epochs", type=int, default=3)
+    a("--teacher-epochs", type=int, default=3)
+    a("--teacher-val-every", type=int, default=0,
+      help="validate the teacher every N epochs (0: only after the last one, which is then its checkpoint)")
+    a("--student-epochs", type=int, default=1)
     a("--teacher-lr", type=float, default=1e-4)
     a("--teacher-head-lr", type=float, default=2e-3, help="learning rate of the CA's fresh scoring head")
     a("--student-lr", type=float, default=1e-4)
     a("--batch-size", type=int, default=8, help="training queries per batch")
-    a("--num-negatives", type=int, default=7)
+    a("--num-negatives", type=int, default=15,
+      help="hard negatives per training query and step for the students (the teacher scores every one)")
+    a("--teacher-num-negatives", type=int, default=7, help="hard negatives per query and step for the teacher")
     a("--max-length", type=int, default=64, help="CA pair length; DE passages use it too")
     a("--query-max-length", type=int, default=32)
     a("--max-train-queries", type=int, default=400, help="training queries (0 = all)")
@@ -81,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _trainer(args, root: Path, epochs: int, callbacks: list, monitor: bool = True):
+def _trainer(args, root: Path, epochs: int, callbacks: list, monitor: bool = True, val_every: int = 1):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -100,7 +105,7 @@ def _trainer(args, root: Path, epochs: int, callbacks: list, monitor: bool = Tru
     return pl.Trainer(
         default_root_dir=root, max_epochs=epochs, accelerator=args.accelerator, devices=devices,
         precision=resolve_precision(args.precision, args.accelerator), logger=loggers, callbacks=callbacks, reload_dataloaders_every_n_epochs=1,
-        num_sanity_val_steps=0, log_every_n_steps=10, enable_model_summary=False,
+        num_sanity_val_steps=0, log_every_n_steps=10, enable_model_summary=False, check_val_every_n_epoch=val_every,
         deterministic=False,
     )
 
@@ -128,11 +133,12 @@ def _test_results(evaluator) -> dict[str, dict[str, float]]:
     return {k: v for k, v in evaluator.results.items() if k.startswith("test/")}
 
 
-def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int) -> dict[str, dict[str, float]]:
+def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int, val_every: int = 1) -> dict[str, dict[str, float]]:
     from callbacks.score_diagnostics import ScoreDiagnostics
 
     evaluator = _evaluator(root)
-    trainer = _trainer(args, root, epochs, [evaluator, ScoreDiagnostics(plot_dir=str(root / "plots"))])
+    trainer = _trainer(args, root, epochs, [evaluator, ScoreDiagnostics(plot_dir=str(root / "plots"))],
+                       val_every=val_every)
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     fit_s = time.perf_counter() - start
@@ -266,13 +272,14 @@ def run(args) -> dict[str, Any]:
         raise FileNotFoundError(f"--teacher-checkpoint {args.teacher_checkpoint}: no such file (a CrossAttentionRanker "
                                 "checkpoint, e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier reproduce run)")
     pl.seed_everything(args.seed, workers=True)
-    dm = _datamodule(args)
+    dm = _datamodule(args, num_negatives=args.teacher_num_negatives)
     ca = CrossAttentionRanker(backbone=args.teacher_backbone, max_length=args.max_length, lr=args.teacher_lr,
                               head_lr=args.teacher_head_lr)
     if args.teacher_checkpoint:
         results["CA teacher"] = _test_only(args, ca, dm, out / "ca_teacher", args.teacher_checkpoint)
     else:
-        results["CA teacher"] = _fit_and_test(args, "CA teacher", ca, dm, out / "ca_teacher", args.teacher_epochs)
+        results["CA teacher"] = _fit_and_test(args, "CA teacher", ca, dm, out / "ca_teacher", args.teacher_epochs,
+                                              val_every=args.teacher_val_every or args.teacher_epochs)
 
     # 2. teacher scores with the best teacher checkpoint
     scores_path = out / "ca_teacher" / "teacher_scores.trec"

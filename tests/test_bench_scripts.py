@@ -107,11 +107,12 @@ def test_paper_check_commands(capsys):
                           "--dataset", str(Path("DATA") / "wikiqa"), "--val-split", "dev", "--test-split", "test",
                           "--teacher-backbone", "minilm", "--student-backbone", "minilm",
                           "--max-train-queries", "256", "--max-eval-queries", "100",
-                          "--teacher-epochs", "2", "--student-epochs", "2", "--eval-depth", "30"]
+                          "--teacher-epochs", "3", "--student-epochs", "1", "--eval-depth", "30"]
     scifact = paper_check.dataset_command(args, "scifact", extra)
     assert scifact[scifact.index("--val-split") + 1] == "test" and scifact[scifact.index("--test-split") + 1] == "test"
     args, extra = paper_check.parse_args(["--max-train-queries", "0", "--datasets", "scifact"])
-    assert "--max-train-queries" not in paper_check.dataset_command(args, "scifact", extra)
+    command = paper_check.dataset_command(args, "scifact", extra)
+    assert command[command.index("--max-train-queries") + 1] == "0"  # reproduce: 0 = all queries
     with pytest.raises(SystemExit):
         paper_check.parse_args(["--datasets", "msmarco"])
     with pytest.raises(SystemExit, match="--dataset"):

@@ -155,7 +155,9 @@ def _worker_eval(out: Path, rank: int) -> None:
         return encode_texts(model, texts, side, **kwargs)
 
     datamodules.formats.write_run, rankers.encode.encode_texts = spy_write_run, spy_encode_texts
-    evaluator = RetrievalEvaluator(metrics=EVAL_METRICS, retrieval_depth=100, encode_batch_size=16)
+    # the pair loop (what a CA always uses) is what is sharded and gathered: score the DE's pairs there too
+    evaluator = RetrievalEvaluator(metrics=EVAL_METRICS, retrieval_depth=100, encode_batch_size=16,
+                                   rerank_from_embeddings=False)
     scored: list[int] = []
     evaluator_collect = evaluator._collect
 

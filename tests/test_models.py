@@ -198,30 +198,27 @@ def test_ca_head_trains_at_its_own_learning_rate():
 
 @pytest.mark.slow
 def test_pretrained_ca_leaves_the_uniform_plateau_within_a_few_dozen_steps(tmp_path):
-    """all-MiniLM-L6-v2 (a sentence-embedding checkpoint: its [CLS] pooler is untrained for scoring) as CA
-    on the embedded data: with head_lr the listwise loss leaves ln(N) within 30 steps; with the head at the
-    body's fine-tuning rate it is still on the plateau (the failure head_lr fixes)."""
+    """all-MiniLM-L6-v2 (a sentence-embedding checkpoint: its [CLS] pooler and the classifier are untrained
+    for scoring) as CA on the embedded data, with the default learning rates (body 1e-4, head 2e-3): the
+    listwise loss leaves ln(8) within 40 steps of 8 queries x 8 candidates (measured 1.78). At the old
+    default (everything at 3e-5) it was still at 2.07 after 40 steps, and 1.99 with only the head at 2e-3."""
     import math
 
     from datamodules.datamodule import RankingDataModule
 
-    def last_losses(**ca_kwargs) -> float:
-        pl.seed_everything(0)
-        dm = RankingDataModule(embedded_scale=0.2, negative_window=(0, 20), num_negatives=3, batch_size=4,
-                               train_subset_size=0, max_eval_queries=4, eval_depth=5, cache_dir=str(tmp_path / "cache"))
-        ca = CrossAttentionRanker(backbone="minilm", max_length=48, warmup_ratio=0.0, **ca_kwargs)
-        losses: list[float] = []
+    pl.seed_everything(0)
+    dm = RankingDataModule(embedded_scale=0.2, negative_window=(0, 30), num_negatives=7, batch_size=8,
+                           train_subset_size=0, max_eval_queries=4, eval_depth=5, cache_dir=str(tmp_path / "cache"))
+    ca = CrossAttentionRanker(backbone="minilm", max_length=64)
+    assert (ca.lr, ca.head_lr) == (1e-4, 2e-3)
+    losses: list[float] = []
 
-        class Record(pl.Callback):
-            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-                losses.append(float(outputs["loss"]))
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
 
-        trainer = pl.Trainer(max_steps=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, limit_val_batches=0, callbacks=[Record()],
-                             accelerator="cpu", precision="bf16-mixed")
-        trainer.fit(ca, datamodule=dm)
-        return sum(losses[-10:]) / 10
-
-    plateau = math.log(4)  # positive + 3 negatives, uniform scores
-    assert last_losses(lr=1e-4, head_lr=2e-3) < plateau - 0.15
-    assert last_losses(lr=3e-5, head_lr=None) > plateau - 0.05
+    trainer = pl.Trainer(max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, callbacks=[Record()], accelerator="cpu")
+    trainer.fit(ca, datamodule=dm)
+    assert sum(losses[:5]) / 5 > math.log(8) - 0.1  # it starts on the plateau
+    assert sum(losses[-10:]) / 10 < math.log(8) - 0.15
