@@ -169,7 +169,8 @@ class RetrievalEvaluator(Callback):
         self._run_path = self._run_dir(trainer) if self.write_runs else None  # on every rank: a collective
         dual = getattr(pl_module, "is_dual_encoder", False)
         embeddings = self.encode_corpus(trainer, pl_module) if dual and self.full_retrieval else None
-        queries = {name: self._encode_queries(trainer, pl_module, dm.eval_sets[name]) for name in names} if dual else {}
+        needs_queries = self._embedding_rerank(pl_module) or embeddings is not None
+        queries = {name: self._encode_queries(trainer, pl_module, dm.eval_sets[name]) for name in names} if needs_queries else {}
         for idx, name in enumerate(names):
             pairs = dm.eval_sets[name]
             if self._embedding_rerank(pl_module):
