@@ -106,6 +106,16 @@ def timed(times: dict[str, float], stage: str, device: str = "cpu") -> Iterator[
         times[stage] = times.get(stage, 0.0) + time.perf_counter() - start
 
 
+@contextmanager
+def cpu_timed(times: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the CPU seconds of this process (every thread) spent in the ``with`` body to ``times[stage]``."""
+    start = time.process_time()
+    try:
+        yield
+    finally:
+        times[stage] = times.get(stage, 0.0) + time.process_time() - start
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import _common as C
@@ -37,14 +36,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@contextmanager
-def cpu_timed(times: dict[str, float], stage: str):
-    """CPU seconds of this process (every thread) spent in the ``with`` body, into ``times[stage]``."""
-    start = time.process_time()
-    try:
-        yield
-    finally:
-        times[stage] = time.process_time() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,10 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     wall: dict[str, float] = {}
     cpu: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-index-") as scratch:
-        with C.timed(wall, "rankers", device), cpu_timed(cpu, "rankers"):
+        with C.timed(wall, "rankers", device), C.cpu_timed(cpu, "rankers"):
             build_index(rankers_model, corpus, Path(scratch) / "index", batch_size=args.batch_size,
                         chunk_size=args.chunk_size, fingerprint=data.fingerprint(), progress=False)
-    with C.timed(wall, "st", device), cpu_timed(cpu, "st"):
+    with C.timed(wall, "st", device), C.cpu_timed(cpu, "st"):
         st_model.encode(texts, batch_size=args.batch_size, show_progress_bar=False)
 
     rows = []

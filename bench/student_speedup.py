@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import _common as C
@@ -73,14 +72,6 @@ def read_passages(data: str, n: int) -> list[str]:
     return texts
 
 
-@contextmanager
-def cpu_timed(times: dict[str, float], stage: str):
-    """Add the CPU seconds of this process (every thread) spent in the ``with`` body to ``times[stage]``."""
-    start = time.process_time()
-    try:
-        yield
-    finally:
-        times[stage] = times.get(stage, 0.0) + time.process_time() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             for k in layers if repeat % 2 == 0 else layers[::-1]:
                 w: dict[str, float] = {}
                 c: dict[str, float] = {}
-                with C.timed(w, "encode", device), cpu_timed(c, "encode"):
+                with C.timed(w, "encode", device), C.cpu_timed(c, "encode"):
                     encode_texts(models[k], texts, "passage", batch_size=args.batch_size)
                 wall[k].append(w["encode"])
                 cpu[k].append(c["encode"])
