@@ -76,7 +76,7 @@ class RankingDataModule(pl.LightningDataModule):
         embedded_scale: size multiplier of the embedded default (1.0 = the demo size).
         embedded_spurious_cue: plant a train-only cue in the embedded default's training positives
             (shows a label-trained model overfitting to it; off by default because it also derails
-            the teacher -- see datamodules/embedded.py).
+            the teacher -- see rankers/embedded/dataset.py).
         train_split / val_split / test_split: qrels split names.
         num_negatives: hard negatives per training query and step.
         negatives: ``"bm25"`` to mine with BM25, ``"run"`` to take them from ``negatives_run``,
@@ -192,7 +192,7 @@ class RankingDataModule(pl.LightningDataModule):
         """The dataset argument resolved: the embedded default is generated (once) and becomes a directory."""
         if self.dataset != EMBEDDED:
             return self.dataset
-        from datamodules import embedded
+        from rankers.embedded import dataset as embedded
 
         params = inspect.signature(embedded.generate_embedded_dataset).parameters
         kwargs = {}
@@ -204,7 +204,7 @@ class RankingDataModule(pl.LightningDataModule):
     def cache_root(self) -> Path:
         if self.cache_dir:
             return Path(self.cache_dir)
-        from datamodules.embedded import rankers_home
+        from rankers.io.home import rankers_home
 
         return rankers_home() / "cache"
 

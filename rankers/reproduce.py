@@ -290,10 +290,10 @@ def run(args) -> dict[str, Any]:
     del ca, predictor, writer
     release_memory()
     if args.capacity_dims:  # the paper's first claim, on this teacher's scores
-        from rankers.capacity import main as capacity
+        from rankers.commands.capacity import run as capacity
 
-        capacity(["--teacher-scores", str(scores_path), "--dims", args.capacity_dims, "--max-queries", "1000",
-                  "--seed", str(args.seed), "--output-dir", str(out / "capacity")])
+        dims = sorted({int(d) for d in args.capacity_dims.split(",") if d.strip()})
+        capacity(scores_path, dims, max_queries=1000, seed=args.seed, output_dir=out / "capacity")
 
     # 3. students from the same initialisation
     mining: dict[str, Any] = {}

@@ -258,7 +258,7 @@ def _add_model_args(parser: argparse.ArgumentParser, required: bool, help: str) 
 
 def _arrow_cache(cache_dir: str | None) -> str:
     """Where the DataModule keeps Arrow caches for ``--data.cache_dir`` (default ``$RANKERS_HOME/cache``)."""
-    from datamodules.embedded import rankers_home
+    from rankers.io.home import rankers_home
 
     return str(Path(cache_dir) if cache_dir else rankers_home() / "cache") + "/arrow"
 

@@ -60,7 +60,7 @@ def test_minilm_truncated_keeps_the_first_layers(minilm_encoder, caplog):
 
 
 def test_tiny_and_embedded_are_the_same_directory():
-    from datamodules.embedded import embedded_backbone_dir
+    from rankers.embedded.backbone import embedded_backbone_dir
 
     tiny = resolve_backbone("tiny")
     assert tiny == resolve_backbone("embedded") == str(embedded_backbone_dir())

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from rankers.capacity import ScoreMatrix, capacity_probe, gradient_fit, main, markdown_table, svd_fits
+from rankers.capacity import ScoreMatrix, capacity_probe, gradient_fit, markdown_table, svd_fits
+from rankers.commands.capacity import main
 
 
 @pytest.fixture(scope="module", autouse=True)

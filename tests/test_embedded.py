@@ -8,19 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules import embedded
-from datamodules.embedded import (
+from rankers.embedded import dataset as embedded
+from rankers.embedded.backbone import build_embedded_backbone, embedded_backbone_dir
+from rankers.embedded.dataset import (
     MAX_PASSAGE_WORDS,
     MAX_QUERY_WORDS,
     SPURIOUS_CUE,
     SYNONYMS,
     VERBS,
-    build_embedded_backbone,
-    embedded_backbone_dir,
     embedded_dataset_dir,
     generate_embedded_dataset,
-    rankers_home,
 )
+from rankers.io import rankers_home
 
 SMALL = dict(num_passages=300, num_train_queries=150, num_dev_queries=20, num_test_queries=30)
 FILES = ("corpus.jsonl", "queries.jsonl", "qrels/train.tsv", "qrels/dev.tsv", "qrels/test.tsv",

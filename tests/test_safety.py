@@ -125,7 +125,7 @@ def test_malicious_checkpoint_is_refused_by_the_cli(ca_checkpoint, marker, tmp_p
 
 
 def test_embedded_backbone_is_safetensors_and_pickled_weights_are_refused(marker, tmp_path):
-    from datamodules.embedded import embedded_backbone_dir
+    from rankers.embedded.backbone import embedded_backbone_dir
     from rankers.backbone import load_encoder
 
     backbone = embedded_backbone_dir()

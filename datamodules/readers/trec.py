@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from rankers.io.atomic import atomic_write
 
 from .errors import DataFormatError
 from .lines import column_locator, iter_lines
@@ -221,21 +221,8 @@ def write_run(run: Mapping[str, Mapping[str, float]], path: str | Path, *, tag: 
         ranked.sort()
         for rank, (neg_score, pid) in enumerate(ranked[:depth], start=1):
             lines.append(f"{qid} Q0 {pid} {rank} {-neg_score!r} {tag}\n")
-    _atomic_write(Path(path), lines)
-
-
-def _atomic_write(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.writelines(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        handle.writelines(lines)
 
 
 def _unknown_id_error(
