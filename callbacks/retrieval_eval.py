@@ -16,6 +16,7 @@ During ``fit`` validation runs after every training epoch, so this is the end-of
 """
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -83,6 +84,16 @@ class RetrievalEvaluator(Callback):
         self.index = None  # the last dense index built (reused by dense mining)
         self.history: list[dict[str, dict[str, float]]] = []  # per validation epoch: {"{set}/{mode}": metrics}
         self._run_path: Path | None = None
+
+    # --- Lightning's callback state: a resumed run keeps the per-epoch history --------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The metric history and the last results (plain dicts of floats: loads with ``weights_only``).
+        Runs and the index are not saved: they are rebuilt at the next evaluation."""
+        return {"history": copy.deepcopy(self.history), "results": copy.deepcopy(self.results)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.results = dict(state_dict.get("results", {}))
 
     # --- collecting the loop's pair scores ----------------------------------------------------------
     def _embedding_rerank(self, pl_module) -> bool:

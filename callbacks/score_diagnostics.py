@@ -33,6 +33,8 @@ rank 0 writes files and talks to W&B.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -126,6 +128,25 @@ class ScoreDiagnostics(Callback):
         self.last_panels: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # set -> (positive, negative) scores
         self.last_examples: dict[str, tuple[Run, Run | None]] = {}  # set -> (model run, teacher run)
         self.warned: set[str] = set()  # keys of the warnings given (each is given once)
+
+    # --- Lightning's callback state: a resumed run keeps its history and tracked pairs ------------
+    def state_dict(self) -> dict[str, Any]:
+        """History, per-set tracked pairs and margins, and the warnings given, as plain Python values
+        (checkpoints load with ``weights_only=True``). The teacher file run is re-read when needed."""
+        return {"history": copy.deepcopy(self.history), "warned": sorted(self.warned),
+                "states": {name: {"query_ids": list(st.query_ids), "margins": [list(m) for m in st.margins],
+                                  "traces": [dataclasses.asdict(t) for t in st.traces],
+                                  "teacher": copy.deepcopy(st.teacher), "teacher_checked": st.teacher_checked}
+                           for name, st in self.states.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {k: list(v) for k, v in state_dict.get("history", {}).items()}
+        self.warned = set(state_dict.get("warned", []))
+        self.states = {name: _SetState(query_ids=list(st["query_ids"]),
+                                       traces=[PairTrace(**t) for t in st["traces"]],
+                                       margins=[(int(e), float(m)) for e, m in st["margins"]],
+                                       teacher=st.get("teacher"), teacher_checked=bool(st.get("teacher_checked")))
+                       for name, st in state_dict.get("states", {}).items()}
 
     # --- wiring ------------------------------------------------------------------------------------
     @staticmethod

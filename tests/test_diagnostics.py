@@ -225,6 +225,28 @@ def test_callback_logs_the_diagnostics_and_agreement(csv_fit):
         assert tr.negative[-1] == pytest.approx((run[tr.query_id][tr.negative_id] - scores.mean()) / spread)
 
 
+def test_callbacks_state_survives_a_weights_only_checkpoint(csv_fit, tmp_path):
+    """ScoreDiagnostics and RetrievalEvaluator keep their history across a checkpoint (Lightning's
+    callback state), and the state loads with ``torch.load(weights_only=True)``."""
+    from callbacks.retrieval_eval import RetrievalEvaluator
+    from callbacks.score_diagnostics import ScoreDiagnostics
+
+    _, diag, evaluator, _, _, _ = csv_fit
+    torch.save({"diag": diag.state_dict(), "eval": evaluator.state_dict()}, tmp_path / "state.pt")
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    fresh_diag, fresh_eval = ScoreDiagnostics(num_queries=10, track_pairs=4), RetrievalEvaluator()
+    fresh_diag.load_state_dict(saved["diag"])
+    fresh_eval.load_state_dict(saved["eval"])
+    assert fresh_diag.history == diag.history and len(fresh_diag.history["val"]) == 2
+    assert fresh_eval.history == evaluator.history and len(fresh_eval.history) == 2
+    for name, state in diag.states.items():
+        restored = fresh_diag.states[name]
+        assert restored.query_ids == state.query_ids and restored.margins == state.margins
+        assert [(t.query_id, t.epochs, t.positive, t.negative) for t in restored.traces] == \
+               [(t.query_id, t.epochs, t.positive, t.negative) for t in state.traces]
+    assert fresh_diag.state_dict() == diag.state_dict()
+
+
 def test_callback_writes_the_plots_and_csv(csv_fit):
     trainer, _, _, _, _, tmp_path = csv_fit
     plots = tmp_path / "plots"

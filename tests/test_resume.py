@@ -140,6 +140,10 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_run(tmp_path):
     metrics_a = {k: float(v) for k, v in run_a.trainer.callback_metrics.items() if k.startswith("val/")}
     metrics_b = {k: float(v) for k, v in run_b.trainer.callback_metrics.items() if k.startswith("val/")}
     assert metrics_a and metrics_a == metrics_b
+    # the evaluator's per-epoch history came back with the checkpoint (callback state_dict)
+    history_a, history_b = (next(c for c in r.trainer.callbacks if type(c).__name__ == "RetrievalEvaluator").history
+                            for r in (run_a, run_b))
+    assert len(history_a) == 2 and history_b == history_a
     assert run_b.trainer.global_step == run_a.trainer.global_step == 2 * STEPS_PER_EPOCH
     assert run_b.trainer.optimizers[0].param_groups[0]["lr"] == run_a.trainer.optimizers[0].param_groups[0]["lr"]
 
