@@ -107,6 +107,11 @@ class RankingDataModule(pl.LightningDataModule):
         max_train_queries / max_eval_queries: cap the number of queries (deterministic sample).
         batch_size: training queries per batch; eval_batch_size: pairs per eval batch.
         num_workers: dataloader workers; pin_memory: pin host memory (GPU training).
+        worker_start_method: how dataloader workers start (``multiprocessing_context``): ``"auto"`` --
+            ``"forkserver"`` when training runs on several processes (DDP), the platform default
+            otherwise --, or ``"fork"`` / ``"spawn"`` / ``"forkserver"``. Forking a DDP rank copies the
+            locks its gloo / NCCL and OpenMP threads may hold at that instant into the worker, which
+            can then block forever; a forkserver's workers start from a clean single-threaded process.
         cache_dir: where mined runs and Arrow caches go (default ``$RANKERS_HOME/cache``).
         seed: seeds negative sampling and query sub-sampling.
     """
@@ -140,6 +145,7 @@ class RankingDataModule(pl.LightningDataModule):
         eval_batch_size: int = 128,
         num_workers: int = 0,
         pin_memory: bool = False,
+        worker_start_method: Literal["auto", "fork", "spawn", "forkserver"] = "auto",
         cache_dir: str | None = None,
         seed: int = 0,
     ) -> None:
@@ -181,6 +187,10 @@ class RankingDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        if worker_start_method not in ("auto", "fork", "spawn", "forkserver"):
+            raise ValueError(f"RankingDataModule: worker_start_method must be auto, fork, spawn or forkserver, "
+                             f"got {worker_start_method!r}")
+        self.worker_start_method = worker_start_method
         self.cache_dir = cache_dir
         self.seed = seed
         self.data = None
@@ -576,16 +586,27 @@ class RankingDataModule(pl.LightningDataModule):
             raise RuntimeError("RankingDataModule needs a rankers model (it provides the tokenizing collator)")
         return module.collator()
 
+    def _worker_context(self) -> str | None:
+        """The ``multiprocessing_context`` of the dataloaders (None: PyTorch's default)."""
+        if self.num_workers == 0:
+            return None
+        if self.worker_start_method == "auto":
+            return "forkserver" if getattr(self.trainer, "world_size", 1) > 1 else None
+        return self.worker_start_method
+
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        context = self._worker_context()
         if shuffle:  # the training order: seeded per epoch, sharded over ranks, resumable mid-epoch
             from datamodules.sampler import resumable_train_loader
 
             return resumable_train_loader(
                 dataset, batch_size=batch_size, seed=self.seed, epoch=self.train_dataset.epoch,
                 num_replicas=getattr(self.trainer, "world_size", 1), rank=getattr(self.trainer, "global_rank", 0),
-                num_workers=self.num_workers, collate_fn=self._collate(), pin_memory=self.pin_memory)
+                num_workers=self.num_workers, collate_fn=self._collate(), pin_memory=self.pin_memory,
+                multiprocessing_context=context)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=self._collate(), pin_memory=self.pin_memory, persistent_workers=False)
+                          collate_fn=self._collate(), pin_memory=self.pin_memory, persistent_workers=False,
+                          multiprocessing_context=context)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "setup('fit') first"

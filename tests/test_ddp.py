@@ -99,7 +99,9 @@ def _worker(out: Path) -> None:
             loader = trainer.train_dataloader
             sampler = loader.sampler
             shards = [sampler.num_replicas, sampler.rank] if isinstance(sampler, DistributedSampler) else None
-            self.loaders.append({"shards": shards, "num_workers": loader.num_workers})
+            context = loader.multiprocessing_context
+            self.loaders.append({"shards": shards, "num_workers": loader.num_workers,
+                                 "start": context.get_start_method() if context is not None else None})
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             self.batches.append({"epoch": trainer.current_epoch, "query_ids": batch["query_ids"],
@@ -229,7 +231,9 @@ def test_each_epoch_is_split_over_ranks_and_workers_without_overlap(ddp_out, nam
     assert ranks[1]["dataset"] == dataset and len(dataset) == DATA_SPLIT_RUNS[name]["max_train_queries"]
     workers = DATA_SPLIT_RUNS[name]["num_workers"]
     for r, rank in enumerate(ranks):  # a DistributedSampler (Lightning's, or the DataModule's own) shards; workers used
-        assert rank["loaders"] == [{"shards": [WORLD, r], "num_workers": workers}] * DATA_EPOCHS
+        # workers of a DDP rank start from a forkserver, not by forking a process that runs gloo threads
+        start = "forkserver" if workers else None
+        assert rank["loaders"] == [{"shards": [WORLD, r], "num_workers": workers, "start": start}] * DATA_EPOCHS
     per_rank = -(-len(dataset) // WORLD)  # the sampler pads to equal shards by repeating examples
     orders = []
     for epoch in range(DATA_EPOCHS):
