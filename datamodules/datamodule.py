@@ -396,9 +396,9 @@ class RankingDataModule(pl.LightningDataModule):
             return {q: run[q] for q in query_ids}
         if self.negatives == "dense":
             from datamodules.negatives import dense_run
-            from rankers.dual_encoder import DualEncoderRanker
+            from rankers.checkpoints import DUAL_ENCODER, load_checkpoint
 
-            miner = DualEncoderRanker.load_from_checkpoint(self.miner_checkpoint, map_location="cpu", weights_only=True)
+            miner = load_checkpoint(self.miner_checkpoint, expect=DUAL_ENCODER)
             rows = self.load().query_index()
             queries = self.load().queries.select([rows[q] for q in query_ids])
             return dense_run(miner, self.load().corpus, queries, depth=self._mining_depth(),
@@ -448,19 +448,18 @@ class RankingDataModule(pl.LightningDataModule):
 
     def score_with_teacher(self, candidates: dict[str, list[str]], known=None) -> dict[str, dict[str, float]]:
         """Teacher (``mining_teacher``) scores of each query's candidates; ``known`` scores are reused."""
-        import torch
-
-        from rankers.cross_encoder import CrossAttentionRanker
+        from rankers.checkpoints import CROSS_ATTENTION, load_checkpoint
+        from rankers.devices import pick_device
 
         known = known or {}
         todo = {q: [p for p in pids if p not in known.get(q, {})] for q, pids in candidates.items()}
         pairs = [(q, p) for q, pids in todo.items() for p in pids]
         scores = {q: dict(known.get(q, {})) for q in candidates}
         if pairs:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = pick_device()
             if self.trainer is not None and getattr(self.trainer, "strategy", None) is not None:
                 device = self.trainer.strategy.root_device
-            teacher = CrossAttentionRanker.load_from_checkpoint(self.mining_teacher, map_location=device, weights_only=True).eval()
+            teacher = load_checkpoint(self.mining_teacher, map_location=device, expect=CROSS_ATTENTION)
             data = self.load()
             qrows, prows = data.query_index(), data.corpus_index()
             qtext = data.queries.select([qrows[q] for q, _ in pairs])["text"]

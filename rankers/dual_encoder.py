@@ -166,10 +166,10 @@ class DualEncoderRanker(RankerModule):
         self.train()  # from_pretrained returns eval mode; Lightning expects modules to start in train mode
 
     def _load_teacher(self, path: str) -> None:
-        from rankers.cross_encoder import CrossAttentionRanker
+        from rankers.checkpoints import CROSS_ATTENTION, load_checkpoint
 
-        teacher = CrossAttentionRanker.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-        teacher.eval().requires_grad_(False)
+        teacher = load_checkpoint(path, expect=CROSS_ATTENTION)
+        teacher.requires_grad_(False)
         object.__setattr__(self, "teacher", teacher)
         log.info("online teacher loaded from %s", path)
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rankers.devices import pick_device
 from rankers.encode import as_list, is_datasets_column
 
 log = logging.getLogger(__name__)
@@ -387,7 +388,7 @@ class _TorchStore:
 
     @classmethod
     def create(cls, metric: str, *, device: str | torch.device | None, fp16: bool, half_dtype: str) -> _TorchStore:
-        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = pick_device(device)
         dtype = torch.float32
         if fp16 and device.type == "cuda":
             dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[half_dtype]

@@ -28,6 +28,8 @@ from typing import Any
 import datasets
 import torch
 
+from rankers.devices import pick_device
+
 log = logging.getLogger(__name__)
 
 Run = dict[str, dict[str, float]]
@@ -38,11 +40,6 @@ DEFAULT_CHUNK_SIZE = 100_000
 
 
 # ----------------------------------------------------------------------------- models and data
-def resolve_device(device: str | None = None) -> torch.device:
-    """``device`` or, by default, CUDA when available, else the CPU."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def require_dual_encoder(model, what: str) -> None:
     """``ValueError`` unless ``model`` is a dual encoder (``what`` names the operation)."""
     if not getattr(model, "is_dual_encoder", False):
@@ -267,7 +264,7 @@ def load_model_on(path: str, device: str | None = None):
     """:func:`rankers.export.load_model` (checkpoint or export), moved to ``device`` (default: cuda if available)."""
     from rankers.export import load_model
 
-    return load_model(path).to(resolve_device(device))
+    return load_model(path).to(pick_device(device))
 
 
 def index_main(argv: list[str] | None = None):

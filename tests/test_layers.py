@@ -20,14 +20,15 @@ PACKAGES = ("rankers", "datamodules", "callbacks")
 # the application layer: entry points that wire everything together
 APPLICATION = ("rankers.cli", "rankers.__main__", "rankers.api", "rankers.commands", "rankers.reproduce",
                "rankers.mine", "rankers.serve")
-MODEL_MODULES = ("rankers.module", "rankers.cross_encoder", "rankers.dual_encoder", "rankers.models")
+MODEL_MODULES = ("rankers.module", "rankers.cross_encoder", "rankers.dual_encoder", "rankers.models",
+                 "rankers.checkpoints")
 
-# Imports that still break the rule, each to be removed by the mining-callback step of issue 12 (the
-# DataModule loads the miner / mining teacher checkpoints itself). The test below fails when an entry
-# is no longer needed, so this list can only shrink.
+# Imports that still break the rule, to be removed by the mining-callback step of issue 12 (the
+# DataModule loads the dense miner / mining teacher through the checkpoint loader itself, instead of
+# being handed the models). The test below fails when an entry is no longer needed, so this list can
+# only shrink.
 KNOWN_VIOLATIONS = {
-    ("datamodules.datamodule", "rankers.cross_encoder"),
-    ("datamodules.datamodule", "rankers.dual_encoder"),
+    ("datamodules.datamodule", "rankers.checkpoints"),
 }
 
 
