@@ -224,11 +224,11 @@ class RetrievalEvaluator(Callback):
 
     def build_index(self, embeddings: torch.Tensor, ids: Sequence[str]):
         """The dense index of the corpus embeddings (``fp16_embeddings``: fp16 storage, see the class doc)."""
-        from rankers.search import DenseIndex
+        from rankers.retrieval import index_chunks
 
-        # DenseIndex.add reads a datasets Column of ids in bulk (iterating it costs ~30 µs per row)
-        return DenseIndex.build(embeddings, ids, backend=self.search_backend, index_type=self.index_type,
-                                fp16=self.fp16_embeddings)
+        # one chunk: the gathered embeddings; DenseIndex.add reads a datasets Column of ids in bulk
+        return index_chunks([(embeddings, ids)], backend=self.search_backend, index_type=self.index_type,
+                            fp16=self.fp16_embeddings)
 
     def _encode_queries(self, trainer, pl_module, pairs) -> tuple[list[str], torch.Tensor]:
         """Embeddings of an eval set's judged queries (qrels order), each encoded once."""
@@ -261,11 +261,8 @@ class RetrievalEvaluator(Callback):
         return scores.numpy()
 
     def _full_retrieval(self, trainer, pl_module, eval_sets, embeddings: torch.Tensor) -> None:
-        from rankers.search import DenseIndex
-
         data = trainer.datamodule.load()
         self.index = self.build_index(embeddings, data.corpus["id"])
         for name, pairs, (query_ids, q_emb) in eval_sets:
-            scores, ids = self.index.search(q_emb, self.retrieval_depth)
-            run = DenseIndex.to_run(query_ids, scores, ids)
+            run = self.index.search_run(query_ids, q_emb, self.retrieval_depth)
             self._report(trainer, pl_module, name, "retrieval", run, pairs.qrels)

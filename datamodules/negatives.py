@@ -175,7 +175,15 @@ def dense_run(model, corpus, queries, *, depth: int, index=None, batch_size: int
     import torch
 
     from rankers.encode import encode_texts
-    from rankers.search import DenseIndex
+    from rankers.retrieval import index_chunks, search_queries
+
+    def encoded_chunks():
+        for start in range(0, len(corpus), chunk_size):
+            chunk = corpus[start : start + chunk_size]
+            emb = encode_texts(model, chunk["text"], "passage", batch_size=batch_size,
+                               dtype=torch.float16 if fp16 else torch.float32, progress=progress,
+                               desc=f"encode corpus {start:,}+")
+            yield emb.float(), chunk["id"]
 
     was_training = model.training
     model.eval()
@@ -184,19 +192,9 @@ def dense_run(model, corpus, queries, *, depth: int, index=None, batch_size: int
             dim = getattr(getattr(model, "query_encoder", None), "config", None)
             dim = model.hparams.get("embedding_dim") or (dim.hidden_size if dim is not None else 0)
             log.info("dense mining: %s", estimate_dense_memory(len(corpus), dim, fp16))
-            index = None
-            for start in range(0, len(corpus), chunk_size):
-                chunk = corpus[start : start + chunk_size]
-                emb = encode_texts(model, chunk["text"], "passage", batch_size=batch_size,
-                                   dtype=torch.float16 if fp16 else torch.float32, progress=progress,
-                                   desc=f"encode corpus {start:,}+")
-                if index is None:
-                    index = DenseIndex.build(emb.float(), chunk["id"], backend=backend)
-                else:
-                    index.add(emb.float(), chunk["id"])
+            index = index_chunks(encoded_chunks(), backend=backend)
         else:
             log.info("dense mining: reusing the eval callback's index (%d passages)", index.ntotal)
-        q_emb = encode_texts(model, queries["text"], "query", batch_size=batch_size)
-        return index.search_run(queries["id"], q_emb, depth)
+        return search_queries(model, index, queries["id"], queries["text"], depth=depth, batch_size=batch_size)
     finally:
         model.train(was_training)

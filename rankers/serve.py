@@ -118,7 +118,7 @@ def build_index(
     import numpy as np
 
     from rankers.encode import encode_in_chunks
-    from rankers.search import DenseIndex
+    from rankers.retrieval import index_chunks
 
     require_dual_encoder(model, "index")
     if len(corpus) == 0:
@@ -130,17 +130,11 @@ def build_index(
                               batch_size=batch_size, dtype=torch.float16 if fp16 else torch.float32,
                               signature=signature, progress=progress)
     ids = corpus["id"]
-    kwargs = dict(backend=backend, index_type=index_type, metric="ip", fp16=fp16)
-    if index_type == "ivf":  # IVF trains on all vectors at once
-        index = DenseIndex.build(np.concatenate([np.load(p) for p in chunks]), list(ids), **kwargs)
+    if index_type == "ivf":  # IVF trains on all vectors at once: one chunk
+        pieces = [(np.concatenate([np.load(p) for p in chunks]), list(ids))]
     else:
-        index = None
-        for i, path in enumerate(chunks):
-            vectors, chunk_ids = np.load(path), list(ids[i * chunk_size : (i + 1) * chunk_size])
-            if index is None:
-                index = DenseIndex.build(vectors, chunk_ids, **kwargs)
-            else:
-                index.add(vectors, chunk_ids)
+        pieces = ((np.load(path), list(ids[i * chunk_size : (i + 1) * chunk_size])) for i, path in enumerate(chunks))
+    index = index_chunks(pieces, backend=backend, index_type=index_type, metric="ip", fp16=fp16)
     index.save(output)
     meta = {"model": source, **(meta or {})}
     meta.update(similarity=model.similarity, temperature=float(model.temperature), num_passages=index.ntotal,
@@ -175,14 +169,11 @@ def read_index_meta(directory: str | Path) -> dict[str, Any]:
 
 def search_run(model, index, queries: TextSource, *, depth: int = 1000, batch_size: int = 256, progress: bool = False) -> Run:
     """Top-``depth`` passages of ``index`` for each query (``{id: text}`` or an ``id``/``text`` Dataset)."""
-    from rankers.encode import encode_texts
+    from rankers.retrieval import search_queries
 
     require_dual_encoder(model, "search")
     query_ids, texts = _id_text(queries)
-    if not texts:
-        return {}
-    embeddings = encode_texts(model, texts, "query", batch_size=batch_size, progress=progress, desc="encode queries")
-    return index.search_run(query_ids, embeddings, depth)
+    return search_queries(model, index, query_ids, texts, depth=depth, batch_size=batch_size, progress=progress)
 
 
 # ----------------------------------------------------------------------------- rerank
