@@ -69,6 +69,7 @@ Length limits: queries have at most :data:`MAX_QUERY_WORDS` words and passages a
 """
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import re
@@ -463,23 +464,14 @@ def generate_embedded_dataset(
     return materialize(Path(root), _DATASET_KIND, params, build)
 
 
-def embedded_dataset_dir(
-    *,
-    seed: int = 0,
-    num_passages: int = DEFAULT_NUM_PASSAGES,
-    num_train_queries: int = DEFAULT_NUM_TRAIN_QUERIES,
-    num_dev_queries: int = DEFAULT_NUM_DEV_QUERIES,
-    num_test_queries: int = DEFAULT_NUM_TEST_QUERIES,
-    spurious_cue: bool = True,
-    fact_copies: int = 2,
-    sparse_train_qrels: bool = True,
-    synonym_rate: float = 0.8,
-) -> Path:
-    """``rankers_home()/embedded/data-<hash of params>``, generated there if missing."""
-    params = _dataset_params(seed, num_passages, num_train_queries, num_dev_queries,
-                             num_test_queries, spurious_cue, fact_copies, sparse_train_qrels, synonym_rate)
-    root = rankers_home() / "embedded" / f"data-{short_hash(params)}"
-    return generate_embedded_dataset(
-        root, seed=seed, num_passages=num_passages, num_train_queries=num_train_queries,
-        num_dev_queries=num_dev_queries, num_test_queries=num_test_queries, spurious_cue=spurious_cue,
-        fact_copies=fact_copies, sparse_train_qrels=sparse_train_qrels, synonym_rate=synonym_rate)
+def embedded_dataset_dir(**kwargs: Any) -> Path:
+    """``rankers_home()/embedded/data-<hash of params>``, generated there if missing; ``kwargs`` are
+    :func:`generate_embedded_dataset`'s keyword arguments (same defaults)."""
+    defaults = {name: p.default for name, p in inspect.signature(generate_embedded_dataset).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = set(kwargs) - set(defaults)
+    if unknown:
+        raise TypeError(f"embedded_dataset_dir() got unexpected arguments: {sorted(unknown)}")
+    settings = {**defaults, **kwargs}
+    params = _dataset_params(**settings)
+    return generate_embedded_dataset(rankers_home() / "embedded" / f"data-{short_hash(params)}", **settings)
