@@ -1,7 +1,7 @@
-"""A PROTOTYPE of a faster ``rankers.encode.encode_texts``, kept in ``bench/`` to measure a proposal.
+"""A PROTOTYPE of a faster ``rankers.retrieval.encode.encode_texts``, kept in ``bench/`` to measure a proposal.
 
 Not product code: ``python bench/eval_loop.py --proposed`` times it beside the real ``encode_texts``
-so the proposed change to ``rankers/encode.py`` comes with a number. Same inputs, same outputs
+so the proposed change to ``rankers/retrieval/encode.py`` comes with a number. Same inputs, same outputs
 (embeddings in input order, on the CPU, ``dtype``); three differences:
 
 1. tokenization of batch i+1.. runs in a background thread while the model encodes batch i

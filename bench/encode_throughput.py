@@ -1,6 +1,6 @@
 """Corpus encoding throughput of ``python -m rankers index`` vs ``SentenceTransformer.encode``.
 
-rankers: :func:`rankers.serve.build_index` -- what the ``index`` command runs after loading the model:
+rankers: :func:`rankers.commands.serve.build_index` -- what the ``index`` command runs after loading the model:
 chunked, resumable ``encode_texts`` (length-sorted batches) + chunk files + a flat ``DenseIndex`` --
 with ``DualEncoderRanker(backbone=all-MiniLM-L6-v2, pooling="mean", similarity="cos")``.
 baseline: ``SentenceTransformer(all-MiniLM-L6-v2).encode(texts, batch_size=B)`` (its Normalize module
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
 
-    from rankers.dual_encoder import DualEncoderRanker
-    from rankers.serve import build_index, load_data
+    from rankers.models.dual_encoder import DualEncoderRanker
+    from rankers.commands.serve import build_index, load_data
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     st_model = SentenceTransformer(model_dir, device=device)
     st_model.max_seq_length = args.max_length
     warm = texts[: 2 * args.batch_size]  # first calls pay for kernel / allocator set-up
-    from rankers.encode import encode_texts
+    from rankers.retrieval.encode import encode_texts
 
     encode_texts(rankers_model, warm, "passage", batch_size=args.batch_size)
     st_model.encode(warm, batch_size=args.batch_size, show_progress_bar=False)

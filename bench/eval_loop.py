@@ -89,7 +89,7 @@ class RankersSystem:
     name = "rankers (encode_texts + DenseIndex)"
 
     def __init__(self, model_dir: str, args: argparse.Namespace, device: str, model=None):
-        from rankers.dual_encoder import DualEncoderRanker
+        from rankers.models.dual_encoder import DualEncoderRanker
 
         self.args, self.device = args, device
         self.index = None
@@ -102,13 +102,13 @@ class RankersSystem:
         ).eval().to(device)
 
     def encode(self, texts: list[str], side: str):
-        from rankers.encode import encode_texts
+        from rankers.retrieval.encode import encode_texts
 
         with C.autocast(self.device, self.args.precision):
             return encode_texts(self.model, texts, side, batch_size=self.args.batch_size)
 
     def build(self, embeddings, ids: list[str]) -> None:
-        from rankers.search import DenseIndex
+        from rankers.retrieval.search import DenseIndex
 
         self.index = DenseIndex.build(embeddings, ids, backend=self.args.backend, index_type="flat", metric="ip")
 
@@ -229,7 +229,7 @@ def min_row_cosine(x, y) -> float:
 
 
 def ndcg10(ranked: list[list[str]], qids: list[str], qrels: dict) -> float:
-    from rankers.metrics import evaluate_run
+    from rankers.evaluation.metrics import evaluate_run
 
     run = {q: {pid: float(len(ids) - r) for r, pid in enumerate(ids)} for q, ids in zip(qids, ranked)}
     return float(evaluate_run(run, {q: qrels[q] for q in qids if q in qrels}, ["ndcg@10"])["ndcg@10"])
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
     imports: dict[str, float] = {}
     with C.timed(imports, "rankers"):
-        import rankers.dual_encoder, rankers.encode, rankers.search  # noqa: F401,E401  (imports Lightning, faiss)
+        import rankers.models.dual_encoder, rankers.retrieval.encode, rankers.retrieval.search  # noqa: F401,E401  (imports Lightning, faiss)
     with C.timed(imports, "baseline"):
         import sentence_transformers  # noqa: F401
         try:

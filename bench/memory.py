@@ -40,7 +40,7 @@ from pathlib import Path
 import _common as C
 
 TARGET_GIB = 2.0
-TINY_NAMES = ("tiny", "embedded")  # rankers.backbone's short names of the tiny BERT
+TINY_NAMES = ("tiny", "embedded")  # rankers.models.backbone's short names of the tiny BERT
 GIB = 2**30
 
 
@@ -207,9 +207,9 @@ def child_pipeline(args: argparse.Namespace) -> dict:
 
     from callbacks.retrieval_eval import RetrievalEvaluator
     from datamodules.formats import load_retrieval_data
-    from rankers.dual_encoder import DualEncoderRanker
-    from rankers.encode import encode_texts
-    from rankers.search import DenseIndex
+    from rankers.models.dual_encoder import DualEncoderRanker
+    from rankers.retrieval.encode import encode_texts
+    from rankers.retrieval.search import DenseIndex
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -5,7 +5,7 @@ For each seed S of ``--seeds`` (default 0,1,2) this runs, as a subprocess::
     python -m rankers reproduce --output-dir OUT/seedS --seed S [ARGS after --]
 
 (its output is shown and kept in ``OUT/seedS/reproduce.log``), reads ``OUT/seedS/paper_table.json``
-(written by ``rankers.reproduce.run``: ``{"rows": [{"model", "eval", "mrr@10", "ndcg@10",
+(written by ``rankers.commands.reproduce.run``: ``{"rows": [{"model", "eval", "mrr@10", "ndcg@10",
 "recall@100", ["gap_closed"]}, ...], "seconds", ...}``) and aggregates the rows, keyed by
 (model, eval): mean ± sample sd over the seeds of MRR@10, nDCG@10 and gap closed (only the rows
 that have one: the distilled DEs' re-rank rows; seeds where the teacher is not above the DE on

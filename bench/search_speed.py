@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from rankers.search import DenseIndex, faiss
+    from rankers.retrieval.search import DenseIndex, faiss
 
     if faiss is None:
         raise SystemExit("search_speed.py compares faiss-cpu storages: faiss is not installed")

@@ -3,7 +3,7 @@
 Each system is ``DualEncoderRanker(backbone=--model, num_layers=k, pooling="mean", similarity="cos",
 passage_max_length=--max-length)`` (``num_layers=None`` for the full model), encoding the same N SciFact
 passages (title + text, as the DataModule joins them) through the project's own encode path,
-``rankers.encode.encode_texts(model, texts, "passage", batch_size=B)``: tokenization, length-sorted
+``rankers.retrieval.encode.encode_texts(model, texts, "passage", batch_size=B)``: tokenization, length-sorted
 batches, forward, pooling, normalisation and the copy back to CPU all count. The models are built
 first; every repeat times each of them once, in alternating order, after one warm-up call each; the table
 gives medians. Ratio = passages/s of k layers / passages/s of the full model, both measured in this
@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
 
-    from rankers.backbone import num_hidden_layers
-    from rankers.dual_encoder import DualEncoderRanker
-    from rankers.encode import encode_texts
+    from rankers.models.backbone import num_hidden_layers
+    from rankers.models.dual_encoder import DualEncoderRanker
+    from rankers.retrieval.encode import encode_texts
 
     if args.threads:
         torch.set_num_threads(args.threads)

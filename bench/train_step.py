@@ -1,6 +1,6 @@
 """Dual-encoder distillation training step: rankers + Lightning vs a bare PyTorch loop vs lightning-ir.
 
-The step: a :class:`rankers.dual_encoder.DualEncoderRanker` (all-MiniLM-L6-v2, mean pooling, dot
+The step: a :class:`rankers.models.dual_encoder.DualEncoderRanker` (all-MiniLM-L6-v2, mean pooling, dot
 product) on a batch of B queries x (1 + k) passages (a judged positive of SciFact's train split and
 k random passages) with teacher scores, Margin-MSE loss, AdamW with linear warm-up/decay. Systems:
 
@@ -158,7 +158,7 @@ def _trainer(args: argparse.Namespace, device: str, total: int, callbacks: list)
 
 
 def _rankers_model(args: argparse.Namespace, model_dir: str):
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     return DualEncoderRanker(
         backbone=model_dir, pooling="mean", similarity="dot", query_max_length=args.query_max_length,

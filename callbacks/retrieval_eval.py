@@ -35,7 +35,7 @@ class RetrievalEvaluator(Callback):
     """Re-rank (CA and DE) and full-retrieval (DE) evaluation with TREC run files.
 
     Args:
-        metrics: metric names ``name@k`` understood by :func:`rankers.metrics.evaluate_run`.
+        metrics: metric names ``name@k`` understood by :func:`rankers.evaluation.metrics.evaluate_run`.
         full_retrieval: also search the whole corpus with a DE (ignored for a CA).
         retrieval_depth: passages retrieved per query in full retrieval.
         search_backend: ``auto``, ``faiss-cpu``, ``faiss-gpu`` or ``torch``.
@@ -157,7 +157,7 @@ class RetrievalEvaluator(Callback):
     def _report(self, trainer, pl_module, name: str, mode: str, run, qrels) -> dict[str, float]:
         """Metrics of ``run`` logged (same values on every rank) and kept; the run file written by rank 0."""
         from datamodules.formats import write_run
-        from rankers.metrics import evaluate_run
+        from rankers.evaluation.metrics import evaluate_run
 
         result = evaluate_run(run, qrels, self.metrics)
         values = {m: float(result[m]) for m in self.metrics}
@@ -204,7 +204,7 @@ class RetrievalEvaluator(Callback):
 
     def encode_corpus(self, trainer: pl.Trainer, pl_module) -> torch.Tensor:
         """Corpus embeddings in corpus order: each rank encodes its shard, then all ranks gather."""
-        from rankers.encode import encode_texts, shard_bounds
+        from rankers.retrieval.encode import encode_texts, shard_bounds
 
         corpus = trainer.datamodule.load().corpus
         start, end = shard_bounds(len(corpus), trainer.global_rank, trainer.world_size)
@@ -224,7 +224,7 @@ class RetrievalEvaluator(Callback):
 
     def build_index(self, embeddings: torch.Tensor, ids: Sequence[str]):
         """The dense index of the corpus embeddings (``fp16_embeddings``: fp16 storage, see the class doc)."""
-        from rankers.retrieval import index_chunks
+        from rankers.retrieval.dense import index_chunks
 
         # one chunk: the gathered embeddings; DenseIndex.add reads a datasets Column of ids in bulk
         return index_chunks([(embeddings, ids)], backend=self.search_backend, index_type=self.index_type,
@@ -232,7 +232,7 @@ class RetrievalEvaluator(Callback):
 
     def _encode_queries(self, trainer, pl_module, pairs) -> tuple[list[str], torch.Tensor]:
         """Embeddings of an eval set's judged queries (qrels order), each encoded once."""
-        from rankers.encode import encode_texts
+        from rankers.retrieval.encode import encode_texts
 
         data = trainer.datamodule.load()
         query_ids = list(pairs.qrels)
@@ -244,7 +244,7 @@ class RetrievalEvaluator(Callback):
     def _scores_from_embeddings(self, trainer, pl_module, pairs, queries, corpus: torch.Tensor | None) -> np.ndarray:
         """Every pair's score, query · passage / temperature (as the DE scores a pair), from embeddings of
         each distinct query and passage: the corpus embeddings when given, else the candidates', encoded once."""
-        from rankers.encode import encode_texts
+        from rankers.retrieval.encode import encode_texts
 
         query_ids, q_emb = queries
         local_query = {trainer.datamodule.query_rows[q]: k for k, q in enumerate(query_ids)}

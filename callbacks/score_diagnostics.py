@@ -8,7 +8,7 @@ the metrics (``train_subset/…``, ``val/…``, ``gap/…``); this callback look
 them, on a fixed set of queries of each eval set (``val`` and, when the DataModule has it,
 ``train_subset``) and their re-rank candidates:
 
-* ``diag/{set}/…`` scalars (:func:`rankers.diagnostics.score_summary`): positive / negative score mean
+* ``diag/{set}/…`` scalars (:func:`rankers.evaluation.diagnostics.score_summary`): positive / negative score mean
   and std, the hardest negative's mean score, the per-query normalised margin
   ``(s_pos − max s_neg) / (max s − min s)`` (s_pos = best-scored positive; 0 when max s == min s) —
   mean, median, share > 0 — and ``diag/gap/margin_mean`` = train_subset − val;
@@ -45,7 +45,7 @@ import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.callbacks import Callback
 
-from rankers.diagnostics import (
+from rankers.evaluation.diagnostics import (
     PairTrace,
     agreement,
     normalise_per_query,
@@ -88,7 +88,7 @@ class ScoreDiagnostics(Callback):
         table_queries: example queries in the W&B table (0 = no table); table_depth: candidates each.
         plots: write PNGs (False: none).
         plot_scores: ``"normalised"`` (per query ``(s − mean) / (max − min)``, see
-            :func:`rankers.diagnostics.normalise_per_query`) or ``"raw"`` scores in the histograms and
+            :func:`rankers.evaluation.diagnostics.normalise_per_query`) or ``"raw"`` scores in the histograms and
             pair plots; the logged scalars are always raw (the margin is normalised by definition).
     """
 
@@ -365,7 +365,7 @@ class ScoreDiagnostics(Callback):
     def example_table(self, dm, name: str, run: Run, teacher: Run | None, epoch: int) -> tuple[list[str], list[list]]:
         """Rows (epoch, query, rank, passage, relevant, score, teacher score) of the first example queries'
         top ``table_depth`` candidates by the model's score."""
-        from rankers.metrics import rank_passages
+        from rankers.evaluation.metrics import rank_passages
 
         data = dm.load()
         qrels = dm.eval_sets[name].qrels

@@ -10,7 +10,7 @@ teacher scores when given a score file, and serves:
 * ``test_dataloader``  -- the same for the test split;
 * ``predict_dataloader`` -- every training query's positives and negative pool, for the teacher to score.
 
-Tokenization is the model's job: the model hands over its collator (see :mod:`rankers.collate`).
+Tokenization is the model's job: the model hands over its collator (see :mod:`rankers.models.collate`).
 BM25 runs are computed once (rank 0, ``prepare_data``) and cached under ``cache_dir`` keyed by the
 collection's fingerprint and the mining parameters.
 """
@@ -62,7 +62,7 @@ def _state_digest(model) -> str:
 
 def _top(run: dict[str, dict[str, float]], depth: int) -> dict[str, list[str]]:
     """Candidates of each query in rank order (the project's one convention), cut at ``depth``."""
-    from rankers.metrics import rank_passages
+    from rankers.evaluation.metrics import rank_passages
 
     return {qid: rank_passages(c)[:depth] for qid, c in run.items()}
 
@@ -396,7 +396,7 @@ class RankingDataModule(pl.LightningDataModule):
             return {q: run[q] for q in query_ids}
         if self.negatives == "dense":
             from datamodules.negatives import dense_run
-            from rankers.checkpoints import DUAL_ENCODER, load_checkpoint
+            from rankers.models.checkpoints import DUAL_ENCODER, load_checkpoint
 
             miner = load_checkpoint(self.miner_checkpoint, expect=DUAL_ENCODER)
             rows = self.load().query_index()
@@ -448,7 +448,7 @@ class RankingDataModule(pl.LightningDataModule):
 
     def score_with_teacher(self, candidates: dict[str, list[str]], known=None) -> dict[str, dict[str, float]]:
         """Teacher (``mining_teacher``) scores of each query's candidates; ``known`` scores are reused."""
-        from rankers.checkpoints import CROSS_ATTENTION, load_checkpoint
+        from rankers.models.checkpoints import CROSS_ATTENTION, load_checkpoint
         from rankers.devices import pick_device
 
         known = known or {}

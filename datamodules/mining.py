@@ -4,7 +4,7 @@
   bm25s' own tokenizer, streaming the texts from Arrow in batches, and retrieve a run.
 * :func:`negative_pool`: per qrels query, the run's passages ranked inside a rank window minus
   the judged positives, in rank order (score desc, ties by passage id desc, as in
-  :func:`rankers.metrics.rank_passages`).
+  :func:`rankers.evaluation.metrics.rank_passages`).
 * :func:`sample_negatives`: a deterministic per-query sample of that pool.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rankers.metrics import rank_passages
+from rankers.evaluation.metrics import rank_passages
 
 log = logging.getLogger(__name__)
 

@@ -169,13 +169,13 @@ def dense_run(model, corpus, queries, *, depth: int, index=None, batch_size: int
 
     ``corpus`` / ``queries`` are Arrow datasets (``id``, ``text``). The corpus is read and encoded
     ``chunk_size`` passages at a time and added to the index chunk by chunk, so peak memory is the
-    index plus one chunk. ``index`` (a :class:`rankers.search.DenseIndex` over this corpus, in corpus
+    index plus one chunk. ``index`` (a :class:`rankers.retrieval.search.DenseIndex` over this corpus, in corpus
     order, built by the same model) is reused instead of re-encoding.
     """
     import torch
 
-    from rankers.encode import encode_texts
-    from rankers.retrieval import index_chunks, search_queries
+    from rankers.retrieval.encode import encode_texts
+    from rankers.retrieval.dense import index_chunks, search_queries
 
     def encoded_chunks():
         for start in range(0, len(corpus), chunk_size):

@@ -10,9 +10,9 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CrossAttentionRanker": "rankers.cross_encoder",
-    "DualEncoderRanker": "rankers.dual_encoder",
-    "RankerModule": "rankers.module",
+    "CrossAttentionRanker": "rankers.models.cross_encoder",
+    "DualEncoderRanker": "rankers.models.dual_encoder",
+    "RankerModule": "rankers.models.module",
     "WandbLogger": "rankers.loggers",
 }
 

@@ -10,7 +10,7 @@
     teacher = load_ranker("runs/ca_teacher/checkpoints/best.ckpt")
     reranked = rerank(teacher, run, corpus="../shared/data/scifact", queries={"q1": "what causes scurvy?"})
 
-Every function is a thin wrapper over :mod:`rankers.serve` / :mod:`rankers.export` (the same code the
+Every function is a thin wrapper over :mod:`rankers.commands.serve` / :mod:`rankers.export` (the same code the
 commands run). Runs are ``{query id: {passage id: score}}``.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 import datasets
 import torch
 
-from rankers import serve
-from rankers.search import DenseIndex
+from rankers.commands import serve
+from rankers.retrieval.search import DenseIndex
 
 __all__ = ["Ranker", "load_ranker", "build_index", "load_index", "search", "rerank"]
 
@@ -45,7 +45,7 @@ class Ranker:
         return bool(getattr(self.module, "is_dual_encoder", False))
 
     def _encode(self, texts: list[str], side: str, batch_size: int) -> torch.Tensor:
-        from rankers.encode import encode_texts
+        from rankers.retrieval.encode import encode_texts
 
         serve.require_dual_encoder(self.module, f"encode_{side}s")
         return encode_texts(self.module, list(texts), side, batch_size=batch_size)
@@ -91,7 +91,7 @@ def _corpus(corpus_or_dataset) -> tuple[datasets.Dataset, str | None, dict[str, 
 def build_index(ranker: Ranker, corpus_or_dataset, output: str | Path, **kwargs: Any) -> DenseIndex:
     """Encode a corpus (dataset name / directory, RetrievalData, or ``id``/``text`` Dataset) into a saved index.
 
-    ``kwargs`` go to :func:`rankers.serve.build_index` (``batch_size``, ``chunk_size``, ``index_type``,
+    ``kwargs`` go to :func:`rankers.commands.serve.build_index` (``batch_size``, ``chunk_size``, ``index_type``,
     ``backend``, ``fp16``, ``keep_chunks``, ``progress``). Resumable like the ``index`` command.
     """
     ranker = _as_ranker(ranker)
@@ -102,7 +102,7 @@ def build_index(ranker: Ranker, corpus_or_dataset, output: str | Path, **kwargs:
 
 def load_index(directory: str | Path, backend: str = "auto") -> DenseIndex:
     """A saved index (``build_index`` / the ``index`` command); the model it was built with is
-    ``rankers.serve.read_index_meta(directory)["model"]``."""
+    ``rankers.commands.serve.read_index_meta(directory)["model"]``."""
     serve.read_index_meta(directory)
     return DenseIndex.load(directory, backend=backend)
 

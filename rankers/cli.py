@@ -15,13 +15,13 @@ import sys
 
 # command -> ("module:function", one-line description); the function takes the remaining argv.
 PIPELINE_COMMANDS = {
-    "reproduce": ("rankers.reproduce:main", "CA teacher → teacher scores → DE on labels and distilled DEs → paper table"),
-    "mine": ("rankers.mine:main", "mine hard negatives (BM25 or dense) [+ teacher scores] into cached run files"),
+    "reproduce": ("rankers.commands.reproduce:main", "CA teacher → teacher scores → DE on labels and distilled DEs → paper table"),
+    "mine": ("rankers.commands.mine:main", "mine hard negatives (BM25 or dense) [+ teacher scores] into cached run files"),
     "capacity": ("rankers.commands.capacity:main", "fit DE embeddings of size k to a teacher score matrix, per k"),
     "export": ("rankers.export:main", "export a checkpoint as a Hugging Face / sentence-transformers directory"),
-    "index": ("rankers.serve:index_main", "encode a corpus with a DE into a saved dense index"),
-    "search": ("rankers.serve:search_main", "search a saved index with queries, write a TREC run"),
-    "rerank": ("rankers.serve:rerank_main", "re-rank a TREC run with a CA (or DE) checkpoint"),
+    "index": ("rankers.commands.serve:index_main", "encode a corpus with a DE into a saved dense index"),
+    "search": ("rankers.commands.serve:search_main", "search a saved index with queries, write a TREC run"),
+    "rerank": ("rankers.commands.serve:rerank_main", "re-rank a TREC run with a CA (or DE) checkpoint"),
 }
 
 
@@ -41,7 +41,7 @@ def lightning_cli(args=None, run: bool = True):
     from lightning.pytorch.cli import LightningCLI
 
     from datamodules.datamodule import RankingDataModule
-    from rankers.module import RankerModule
+    from rankers.models.module import RankerModule
 
     extra = "\n".join(f"  {name:<10} {desc}" for name, (_, desc) in PIPELINE_COMMANDS.items())
     return LightningCLI(

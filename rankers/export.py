@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from rankers.checkpoints import CROSS_ATTENTION, DUAL_ENCODER, checkpoint_kind, load_checkpoint  # noqa: F401
+from rankers.models.checkpoints import CROSS_ATTENTION, DUAL_ENCODER, checkpoint_kind, load_checkpoint  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +217,9 @@ def _load_dense(projection: torch.nn.Module, tower: Path) -> None:
 
 def load_exported(directory: str | Path):
     """Rebuild the rankers module of an exported directory (eval mode)."""
-    from rankers.backbone import load_encoder
-    from rankers.cross_encoder import CrossAttentionRanker
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.backbone import load_encoder
+    from rankers.models.cross_encoder import CrossAttentionRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     directory = Path(directory)
     config = read_export_config(directory)

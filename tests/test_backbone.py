@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rankers import backbone
-from rankers.backbone import BACKBONE_ALIASES, load_encoder, load_tokenizer, resolve_backbone
+from rankers.models import backbone
+from rankers.models.backbone import BACKBONE_ALIASES, load_encoder, load_tokenizer, resolve_backbone
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,8 @@ def test_short_names():
 
 
 def test_minilm_is_the_default_backbone():
-    from rankers.cross_encoder import CrossAttentionRanker
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.cross_encoder import CrossAttentionRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     for cls in (CrossAttentionRanker, DualEncoderRanker):
         assert inspect.signature(cls.__init__).parameters["backbone"].default == "minilm", cls

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rankers.capacity import ScoreMatrix, capacity_probe, gradient_fit, markdown_table, svd_fits
+from rankers.evaluation.capacity import ScoreMatrix, capacity_probe, gradient_fit, markdown_table, svd_fits
 from rankers.commands.capacity import main
 
 

@@ -30,7 +30,7 @@ def scifact(shared_data, tmp_path_factory):
 
 
 def test_bm25_negatives_exclude_positives_and_come_from_the_window(scifact):
-    from rankers.metrics import rank_passages
+    from rankers.evaluation.metrics import rank_passages
 
     qrels = scifact.load().qrels["train"]
     run = scifact._bm25("train", [e.query_id for e in scifact.train_dataset.examples], 100)

@@ -57,7 +57,7 @@ def _model(**overrides: Any):
     import lightning.pytorch as pl
     from torch import nn
 
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     pl.seed_everything(0, verbose=False)
     model = DualEncoderRanker(**{"backbone": "embedded", "passage_max_length": 64, "lr": 1e-3, **overrides})
@@ -141,12 +141,12 @@ def _worker(out: Path) -> None:
 
 def _worker_eval(out: Path, rank: int) -> None:
     import datamodules.formats
-    import rankers.encode
+    import rankers.retrieval.encode
     from callbacks.retrieval_eval import RetrievalEvaluator
 
     writes: list[str] = []
     encoded: list[tuple[str, int]] = []
-    write_run, encode_texts = datamodules.formats.write_run, rankers.encode.encode_texts
+    write_run, encode_texts = datamodules.formats.write_run, rankers.retrieval.encode.encode_texts
 
     def spy_write_run(run, path, **kwargs):
         writes.append(str(path))
@@ -156,7 +156,7 @@ def _worker_eval(out: Path, rank: int) -> None:
         encoded.append((side, len(texts)))
         return encode_texts(model, texts, side, **kwargs)
 
-    datamodules.formats.write_run, rankers.encode.encode_texts = spy_write_run, spy_encode_texts
+    datamodules.formats.write_run, rankers.retrieval.encode.encode_texts = spy_write_run, spy_encode_texts
     # the pair loop (what a CA always uses) is what is sharded and gathered: score the DE's pairs there too
     evaluator = RetrievalEvaluator(metrics=EVAL_METRICS, retrieval_depth=100, encode_batch_size=16,
                                    rerank_from_embeddings=False)

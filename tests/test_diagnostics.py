@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from rankers.diagnostics import (
+from rankers.evaluation.diagnostics import (
     PairTrace,
     agreement,
     kendall_tau,
@@ -156,8 +156,8 @@ def csv_fit(tmp_path_factory, one_thread):
 
     from callbacks.retrieval_eval import RetrievalEvaluator
     from callbacks.score_diagnostics import ScoreDiagnostics
-    from rankers.cross_encoder import CrossAttentionRanker
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.cross_encoder import CrossAttentionRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     tmp_path = tmp_path_factory.mktemp("diag_csv")
     pl.seed_everything(0)
@@ -264,7 +264,7 @@ def test_callback_with_offline_wandb_and_a_teacher_file(csv_fit, tmp_path, monke
     from callbacks.retrieval_eval import RetrievalEvaluator
     from callbacks.score_diagnostics import ScoreDiagnostics
     from datamodules.formats import write_run
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
     from rankers.loggers import WandbLogger
 
     _, _, evaluator, dm, _, _ = csv_fit
@@ -309,7 +309,7 @@ def test_callback_needs_the_evaluator():
 
 
 def test_normalised_scores_make_the_margin_a_difference():
-    from rankers.diagnostics import normalise_per_query
+    from rankers.evaluation.diagnostics import normalise_per_query
 
     run = {"q1": {"a": 3.0, "b": 1.0, "c": 4.0, "d": -1.0}, "q2": {"e": 2.0, "f": 2.0}}
     norm = normalise_per_query(run)

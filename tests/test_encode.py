@@ -1,4 +1,4 @@
-"""rankers.encode.encode_texts: a datasets Column is read lazily, batch by batch, with the same output as a list."""
+"""rankers.retrieval.encode.encode_texts: a datasets Column is read lazily, batch by batch, with the same output as a list."""
 from __future__ import annotations
 
 import random
@@ -6,15 +6,15 @@ import random
 import pytest
 import torch
 
-import rankers.encode as encode_mod
-from rankers.encode import encode_texts, is_datasets_column
+import rankers.retrieval.encode as encode_mod
+from rankers.retrieval.encode import encode_texts, is_datasets_column
 
 datasets = pytest.importorskip("datasets")
 
 
 @pytest.fixture(scope="module")
 def model():
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     torch.manual_seed(0)
     return DualEncoderRanker(backbone="embedded", passage_max_length=32, query_max_length=16).eval()

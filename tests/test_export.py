@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from rankers.api import load_ranker
 from rankers.cli import main
-from rankers.cross_encoder import CrossAttentionRanker
-from rankers.dual_encoder import DualEncoderRanker
-from rankers.encode import encode_texts
+from rankers.models.cross_encoder import CrossAttentionRanker
+from rankers.models.dual_encoder import DualEncoderRanker
+from rankers.retrieval.encode import encode_texts
 from rankers.export import export_model
 
 st = pytest.importorskip("sentence_transformers")

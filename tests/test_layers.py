@@ -18,17 +18,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("rankers", "datamodules", "callbacks")
 
 # the application layer: entry points that wire everything together
-APPLICATION = ("rankers.cli", "rankers.__main__", "rankers.api", "rankers.commands", "rankers.reproduce",
-               "rankers.mine", "rankers.serve")
-MODEL_MODULES = ("rankers.module", "rankers.cross_encoder", "rankers.dual_encoder", "rankers.models",
-                 "rankers.checkpoints")
+APPLICATION = ("rankers.cli", "rankers.__main__", "rankers.api", "rankers.commands",
+               "rankers.reproduce", "rankers.mine", "rankers.serve")  # the last three: old paths of commands
+MODEL_MODULES = ("rankers.models", "rankers.module", "rankers.cross_encoder", "rankers.dual_encoder",
+                 "rankers.backbone", "rankers.collate")  # the sub-package and the old paths of its modules
 
 # Imports that still break the rule, to be removed by the mining-callback step of issue 12 (the
 # DataModule loads the dense miner / mining teacher through the checkpoint loader itself, instead of
 # being handed the models). The test below fails when an entry is no longer needed, so this list can
 # only shrink.
 KNOWN_VIOLATIONS = {
-    ("datamodules.datamodule", "rankers.checkpoints"),
+    ("datamodules.datamodule", "rankers.models.checkpoints"),
 }
 
 
@@ -89,10 +89,10 @@ def _violations(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
 
 def test_the_scan_sees_imports_inside_functions():
     graph = _graph()
-    # rankers.commands.capacity imports datamodules at module level, rankers.reproduce inside run()
+    # rankers.commands.capacity imports datamodules at module level, rankers.commands.reproduce inside run()
     assert "datamodules.formats" in graph["rankers.commands.capacity"]
-    assert "callbacks.teacher_scores" in graph["rankers.reproduce"]
-    assert "rankers.embedded.backbone" in graph["rankers.backbone"]  # inside resolve_backbone
+    assert "callbacks.teacher_scores" in graph["rankers.commands.reproduce"]
+    assert "rankers.embedded.backbone" in graph["rankers.models.backbone"]  # inside resolve_backbone
 
 
 def test_lower_layers_never_import_upward():
@@ -108,8 +108,17 @@ def test_known_violations_are_still_real():
 
 
 def test_the_rule_catches_a_violation():
-    graph = {"rankers.metrics": {"datamodules.formats"}, "datamodules.mining": {"rankers.dual_encoder"},
-             "rankers.reproduce": {"datamodules.datamodule", "callbacks.retrieval_eval"},
-             "datamodules.negatives": {"rankers.search"}}
-    assert _violations(graph) == {("rankers.metrics", "datamodules.formats"),
-                                  ("datamodules.mining", "rankers.dual_encoder")}
+    graph = {"rankers.evaluation.metrics": {"datamodules.formats"}, "datamodules.mining": {"rankers.models.dual_encoder"},
+             "rankers.commands.reproduce": {"datamodules.datamodule", "callbacks.retrieval_eval"},
+             "datamodules.negatives": {"rankers.retrieval.search"}}
+    assert _violations(graph) == {("rankers.evaluation.metrics", "datamodules.formats"),
+                                  ("datamodules.mining", "rankers.models.dual_encoder")}
+
+
+def test_old_import_paths_are_the_moved_modules():
+    """The flat paths of before the re-layering still import, as the very same module objects."""
+    import importlib
+
+    for old, new in (("rankers.dual_encoder", "rankers.models.dual_encoder"), ("rankers.search", "rankers.retrieval.search"),
+                     ("rankers.metrics", "rankers.evaluation.metrics"), ("rankers.reproduce", "rankers.commands.reproduce")):
+        assert importlib.import_module(old) is importlib.import_module(new)

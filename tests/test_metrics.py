@@ -1,4 +1,4 @@
-"""rankers.metrics.evaluate_run against ranx, ir_measures (pytrec_eval provider) and hand values."""
+"""rankers.evaluation.metrics.evaluate_run against ranx, ir_measures (pytrec_eval provider) and hand values."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from rankers.metrics import evaluate_run, parse_metric, rank_passages
+from rankers.evaluation.metrics import evaluate_run, parse_metric, rank_passages
 
 ranx = pytest.importorskip("ranx")
 ir_measures = pytest.importorskip("ir_measures")
@@ -102,7 +102,7 @@ def scifact_case(shared_data):
 def test_matches_ir_measures_and_ranx_on_scifact(scifact_case, relevance, caplog):
     run, binary, graded = scifact_case
     qrels = binary if relevance == "binary" else graded
-    with caplog.at_level(logging.WARNING, logger="rankers.metrics"):
+    with caplog.at_level(logging.WARNING, logger="rankers.evaluation.metrics"):
         result = evaluate_run(run, qrels, METRICS, per_query=True)
     evaluated = [q for q, rels in qrels.items() if any(r > 0 for r in rels.values())]
     assert result["num_queries"] == len(evaluated) == len(binary)
@@ -178,7 +178,7 @@ def test_query_absent_from_run_scores_zero_and_counts():
 def test_queries_without_positive_are_skipped_with_one_warning(caplog):
     run = {"q1": {"a": 1.0}, "q2": {"a": 1.0}}
     qrels = {"q1": {"a": 1}, "q2": {"a": 0}, "q3": {}}
-    with caplog.at_level(logging.WARNING, logger="rankers.metrics"):
+    with caplog.at_level(logging.WARNING, logger="rankers.evaluation.metrics"):
         result = evaluate_run(run, qrels, ["mrr@10"])
     assert result == {"mrr@10": 1.0, "num_queries": 1, "num_skipped": 2}
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

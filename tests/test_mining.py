@@ -8,7 +8,7 @@ import datasets
 import pytest
 
 from datamodules.mining import BM25Retriever, bm25_run, negative_pool, query_rng, sample_negatives
-from rankers.metrics import evaluate_run, rank_passages
+from rankers.evaluation.metrics import evaluate_run, rank_passages
 
 
 # ----------------------------------------------------------------------------- scifact fixtures

@@ -5,9 +5,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from rankers.collate import collate_listwise
-from rankers.cross_encoder import CrossAttentionRanker
-from rankers.dual_encoder import DualEncoderRanker
+from rankers.models.collate import collate_listwise
+from rankers.models.cross_encoder import CrossAttentionRanker
+from rankers.models.dual_encoder import DualEncoderRanker
 from rankers.losses import m3se, one_hot_ce
 
 
@@ -118,7 +118,7 @@ def test_de_similarity_options_and_projection():
 
 
 def test_nonfinite_loss_names_step_and_queries(de):
-    from rankers.module import NonFiniteLossError
+    from rankers.models.module import NonFiniteLossError
 
     batch = de.collator()(_examples())
     original = de.listwise_loss
@@ -142,7 +142,7 @@ TEXTS = ["the red box has a blue lid", "a green cup", "blue box with a red lid a
 def test_student_with_fewer_layers_trains_and_reloads_from_its_checkpoint(tmp_path):
     from torch.utils.data import DataLoader
 
-    from rankers.encode import encode_texts
+    from rankers.retrieval.encode import encode_texts
     from rankers.export import load_checkpoint
 
     full = DualEncoderRanker(backbone="tiny")

@@ -10,7 +10,7 @@ from datamodules.datamodule import RankingDataModule
 from stubs import StubTrainer
 from datamodules.formats import read_run, write_run
 from datamodules.negatives import denoise
-from rankers.metrics import rank_passages
+from rankers.evaluation.metrics import rank_passages
 
 
 
@@ -82,7 +82,7 @@ def embedded_kw(tmp_path_factory):
 
 def test_dense_mining_excludes_positives_and_uses_the_window(embedded_kw, tmp_path):
     from datamodules.negatives import dense_run
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     pl.seed_everything(0)
     # mean pooling + cosine: an untrained BERT's CLS dot products are all ~128 ± 0.01 (rankings by rounding)
@@ -98,7 +98,7 @@ def test_dense_mining_excludes_positives_and_uses_the_window(embedded_kw, tmp_pa
 
 
 def test_teacher_scores_are_computed_once_and_reused(embedded_kw, tmp_path, monkeypatch):
-    from rankers.cross_encoder import CrossAttentionRanker
+    from rankers.models.cross_encoder import CrossAttentionRanker
 
     pl.seed_everything(0)
     ckpt = _save(CrossAttentionRanker(backbone="embedded", max_length=64), tmp_path / "ca.ckpt")
@@ -115,7 +115,7 @@ def test_teacher_scores_are_computed_once_and_reused(embedded_kw, tmp_path, monk
 
 def test_refresh_during_training_changes_negatives_and_training_continues(embedded_kw, tmp_path):
     from callbacks.retrieval_eval import RetrievalEvaluator
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     pl.seed_everything(0)
     de = DualEncoderRanker(backbone="embedded", passage_max_length=64, lr=1e-3)
@@ -162,7 +162,7 @@ def test_mining_teacher_does_not_clash_with_the_students_online_teacher_hparam()
     """Lightning merges model and DataModule hparams for loggers: equal names with different values fail."""
     import inspect
 
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     data_args = set(inspect.signature(RankingDataModule.__init__).parameters) - {"self"}
     model_args = set(inspect.signature(DualEncoderRanker.__init__).parameters) - {"self"}

@@ -3,7 +3,7 @@
 * a teacher score file with a NaN / inf is rejected when the DataModule loads it (file, line, field
   ``score``), before any training;
 * a finite but huge teacher score (1e30) passes the reader, overflows the M3SE loss to inf in float32,
-  and ``Trainer.fit`` stops at that step with :class:`rankers.module.NonFiniteLossError` naming the global
+  and ``Trainer.fit`` stops at that step with :class:`rankers.models.module.NonFiniteLossError` naming the global
   step, the epoch, the batch and the batch's query ids.
 """
 from __future__ import annotations
@@ -71,8 +71,8 @@ def test_score_file_without_a_training_query_names_it(training_examples, tmp_pat
 
 
 def test_overflowing_loss_stops_fit_naming_step_and_queries(training_examples, tmp_path):
-    from rankers.dual_encoder import DualEncoderRanker
-    from rankers.module import NonFiniteLossError
+    from rankers.models.dual_encoder import DualEncoderRanker
+    from rankers.models.module import NonFiniteLossError
 
     poisoned = training_examples[3].query_id
     path = _score_file(tmp_path / "teacher.trec", training_examples, poisoned=poisoned, value=1e30)
@@ -94,7 +94,7 @@ def test_overflowing_loss_stops_fit_naming_step_and_queries(training_examples, t
 
 def test_same_scores_without_the_huge_value_train(training_examples, tmp_path):
     """Control: the same run with the huge score replaced by an ordinary one trains its step."""
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     path = _score_file(tmp_path / "teacher.trec", training_examples, poisoned=training_examples[3].query_id, value=3.0)
     pl.seed_everything(0)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from rankers.reproduce import gap_closed, make_table
+from rankers.commands.reproduce import gap_closed, make_table
 
 # the tiny random BERT for both models (training in tests stays tiny), at the rates it learns with
 TINY = ["--teacher-backbone", "tiny", "--student-backbone", "tiny", "--student-num-layers", "0",

@@ -10,7 +10,7 @@ epoch), 2 epochs, a ``ModelCheckpoint(every_n_train_steps=3, save_last=True)``. 
 
 Every step records the query ids of its batch; B's steps (the last record of each step) must be A's,
 and the final weights and validation metrics must be *equal* (no tolerance: same process layout, CPU,
-same thread count; each step's dropout is seeded by (seed, epoch, batch, rank), see rankers.module).
+same thread count; each step's dropout is seeded by (seed, epoch, batch, rank), see rankers.models.module).
 """
 from __future__ import annotations
 

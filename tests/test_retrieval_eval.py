@@ -5,7 +5,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-import rankers.encode
+import rankers.retrieval.encode
 from callbacks.retrieval_eval import RetrievalEvaluator
 from datamodules.datamodule import RankingDataModule
 
@@ -17,7 +17,7 @@ def cache_dir(tmp_path_factory):
 
 def _validate(precision: str, cache_dir: str, tmp_path, monkeypatch, **evaluator_kwargs) -> tuple[list[dict], RetrievalEvaluator]:
     """validate() a tiny DE on the embedded data; what each encode_texts call of the callback saw."""
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     pl.seed_everything(0)
     model = DualEncoderRanker(backbone="embedded", passage_max_length=32, query_max_length=16)
@@ -25,7 +25,7 @@ def _validate(precision: str, cache_dir: str, tmp_path, monkeypatch, **evaluator
                            num_negatives=3, cache_dir=cache_dir)
     linear = next(m for m in model.passage_encoder.modules() if isinstance(m, torch.nn.Linear))
     calls: list[dict] = []
-    original = rankers.encode.encode_texts
+    original = rankers.retrieval.encode.encode_texts
 
     def spy(module, texts, side, **kwargs):
         seen: list[torch.dtype] = []
@@ -41,7 +41,7 @@ def _validate(precision: str, cache_dir: str, tmp_path, monkeypatch, **evaluator
                       "texts_type": type(texts).__name__, "out_dtype": out.dtype})
         return out
 
-    monkeypatch.setattr(rankers.encode, "encode_texts", spy)
+    monkeypatch.setattr(rankers.retrieval.encode, "encode_texts", spy)
     evaluator = RetrievalEvaluator(metrics=("mrr@10",), retrieval_depth=20, encode_batch_size=16, write_runs=False,
                                    **evaluator_kwargs)
     trainer = pl.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False, enable_checkpointing=False,
@@ -74,7 +74,7 @@ def test_full_retrieval_stays_fp32_with_32_true(cache_dir, tmp_path, monkeypatch
 @pytest.mark.parametrize("fp16_embeddings", [False, True])
 def test_fp16_embeddings_reach_the_index(fp16_embeddings, cache_dir, tmp_path, monkeypatch):
     """fp16_embeddings: fp16 corpus matrix and DenseIndex.build(fp16=True): fp16 storage on faiss-cpu too."""
-    from rankers import search
+    from rankers.retrieval import search
 
     if search.faiss is None:
         pytest.skip("needs faiss-cpu")
@@ -95,7 +95,7 @@ def test_fp16_embeddings_reach_the_index(fp16_embeddings, cache_dir, tmp_path, m
 def test_dual_encoder_rerank_from_embeddings_equals_scoring_every_pair(full_retrieval, cache_dir, tmp_path):
     """A DE's re-rank scores computed from each distinct text's embedding (the default) are the scores the
     validation loop gives when it encodes every (query, candidate) pair, with or without full retrieval."""
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     runs = {}
     for from_embeddings in (True, False):

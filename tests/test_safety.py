@@ -67,7 +67,7 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="module")
 def ca_checkpoint(tmp_path_factory) -> Path:
     """A genuine CrossAttentionRanker checkpoint written by a Trainer."""
-    from rankers.cross_encoder import CrossAttentionRanker
+    from rankers.models.cross_encoder import CrossAttentionRanker
 
     pl.seed_everything(0)
     model = CrossAttentionRanker(backbone="embedded", max_length=32)
@@ -88,8 +88,8 @@ def test_our_checkpoints_hold_only_weights_only_types(ca_checkpoint):
 
 
 def test_malicious_checkpoint_is_refused_not_run(ca_checkpoint, marker, tmp_path):
-    from rankers.cross_encoder import CrossAttentionRanker
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.cross_encoder import CrossAttentionRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     checkpoint = torch.load(ca_checkpoint, weights_only=True, map_location="cpu")
     checkpoint["callbacks"] = {"payload": _RunsCode(marker)}  # a real checkpoint with one poisoned entry
@@ -98,7 +98,8 @@ def test_malicious_checkpoint_is_refused_not_run(ca_checkpoint, marker, tmp_path
 
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         CrossAttentionRanker.load_from_checkpoint(evil)
-    with pytest.raises(pickle.UnpicklingError):  # the online teacher of a distilled DE
+    # the online teacher of a distilled DE (through rankers.models.checkpoints: a clear error naming the file)
+    with pytest.raises(ValueError, match=r"evil.ckpt: not a Lightning checkpoint loadable with weights_only=True"):
         DualEncoderRanker(backbone="embedded", distillation_loss="m3se", label_weight=0.0, teacher_checkpoint=str(evil))
     with pytest.raises(pickle.UnpicklingError):  # resuming / testing from it with a Trainer
         pl.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", max_epochs=1).validate(
@@ -126,7 +127,7 @@ def test_malicious_checkpoint_is_refused_by_the_cli(ca_checkpoint, marker, tmp_p
 
 def test_embedded_backbone_is_safetensors_and_pickled_weights_are_refused(marker, tmp_path):
     from rankers.embedded.backbone import embedded_backbone_dir
-    from rankers.backbone import load_encoder
+    from rankers.models.backbone import load_encoder
 
     backbone = embedded_backbone_dir()
     names = {p.name for p in backbone.iterdir()}
@@ -156,9 +157,9 @@ def remote_code_dir(tmp_path, marker) -> Path:
 
 
 def test_remote_code_is_refused_unless_trusted(remote_code_dir, marker):
-    from rankers.backbone import load_encoder, load_sequence_scorer
-    from rankers.cross_encoder import CrossAttentionRanker
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.backbone import load_encoder, load_sequence_scorer
+    from rankers.models.cross_encoder import CrossAttentionRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     for make in (lambda: load_encoder(str(remote_code_dir)), lambda: load_sequence_scorer(str(remote_code_dir)),
                  lambda: CrossAttentionRanker(backbone=str(remote_code_dir)),
@@ -185,9 +186,9 @@ def test_remote_code_is_refused_through_the_cli(remote_code_dir, marker, tmp_pat
 def test_trust_remote_code_defaults_to_false_everywhere():
     import inspect
 
-    from rankers import backbone
-    from rankers.cross_encoder import CrossAttentionRanker
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models import backbone
+    from rankers.models.cross_encoder import CrossAttentionRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     for function in (CrossAttentionRanker.__init__, DualEncoderRanker.__init__, backbone.load_encoder,
                      backbone.load_tokenizer, backbone.load_sequence_scorer):
@@ -199,7 +200,7 @@ def test_trust_remote_code_defaults_to_false_everywhere():
 
 def test_uncached_hub_names_fail_fast_without_touching_the_network(no_network):
     from datamodules.formats import UnknownDatasetError, load_retrieval_data
-    from rankers.backbone import load_encoder, load_tokenizer
+    from rankers.models.backbone import load_encoder, load_tokenizer
 
     for load in (load_encoder, load_tokenizer):
         with pytest.raises(ValueError, match="not in the local HF cache"):

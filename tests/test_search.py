@@ -1,4 +1,4 @@
-"""rankers.search: faiss / torch dense search agree with brute force; approximate indexes recall."""
+"""rankers.retrieval.search: faiss / torch dense search agree with brute force; approximate indexes recall."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from rankers import search as search_mod
-from rankers.search import DenseIndex, select_backend
+from rankers.retrieval import search as search_mod
+from rankers.retrieval.search import DenseIndex, select_backend
 
 N, DIM, M = 600, 24, 40
 
@@ -194,7 +194,7 @@ def test_accepts_torch_tensors():
 
 
 def test_select_backend(monkeypatch, caplog):
-    with caplog.at_level(logging.INFO, logger="rankers.search"):
+    with caplog.at_level(logging.INFO, logger="rankers.retrieval.search"):
         expected = "faiss-gpu" if search_mod.faiss_num_gpus() else ("torch" if torch.cuda.is_available() else "faiss-cpu")
         assert select_backend() == expected
     assert any("dense search backend" in r.getMessage() for r in caplog.records)
@@ -255,7 +255,7 @@ def test_search_works_without_faiss_installed():
     import sys
 
     code = ("import sys; sys.modules['faiss'] = None\n"
-            "import numpy as np, rankers.search as s\n"
+            "import numpy as np, rankers.retrieval.search as s\n"
             "x = np.random.default_rng(0).normal(size=(40, 8)).astype('float32')\n"
             "idx = s.DenseIndex.build(x, [str(i) for i in range(40)], metric='cos')\n"
             "scores, ids = idx.search(x[:3], 1)\n"
@@ -467,7 +467,7 @@ def test_fp16_flat_save_load_round_trip(tmp_path, metric):
 @pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
 def test_fp16_ivf_and_hnsw_on_faiss_cpu_store_float32_and_say_so(index_type, caplog):
     passages, queries, ids = _clustered(n=800, m=10)
-    with caplog.at_level(logging.INFO, logger="rankers.search"):
+    with caplog.at_level(logging.INFO, logger="rankers.retrieval.search"):
         index = DenseIndex.build(passages, ids, backend="faiss-cpu", index_type=index_type, fp16=True)
     assert not _is_fp16_sq(index._store.index)
     assert f"the {index_type} index stores float32" in caplog.text

@@ -10,15 +10,15 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 
-import rankers.encode
+import rankers.retrieval.encode
 from callbacks.retrieval_eval import RetrievalEvaluator
 from datamodules.formats import read_run, write_run
 from rankers import api
 from rankers.cli import lightning_cli, main
-from rankers.cross_encoder import CrossAttentionRanker
+from rankers.models.cross_encoder import CrossAttentionRanker
 from rankers.export import export_model
-from rankers.metrics import evaluate_run
-from rankers.serve import load_data
+from rankers.evaluation.metrics import evaluate_run
+from rankers.commands.serve import load_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--config", "configs/overlays/cpu_smoke.yaml", "--trainer.enable_model_summary", "false",
@@ -132,7 +132,7 @@ def test_rerank_reproduces_the_evaluators_rerank_metrics(workdir, de_case):
 def test_interrupted_index_build_resumes_at_the_missing_chunks(workdir, de_case, monkeypatch):
     ckpt = de_case[0]
     args = ["index", "--ckpt_path", str(ckpt), *DATA, "--chunk_size", "64", "--keep_chunks"]
-    real_encode = rankers.encode.encode_texts
+    real_encode = rankers.retrieval.encode.encode_texts
     encoded: list[int] = []
 
     def encode_then_fail(model, texts, side, **kwargs):
@@ -141,7 +141,7 @@ def test_interrupted_index_build_resumes_at_the_missing_chunks(workdir, de_case,
         encoded.append(len(texts))
         return real_encode(model, texts, side, **kwargs)
 
-    monkeypatch.setattr(rankers.encode, "encode_texts", encode_then_fail)
+    monkeypatch.setattr(rankers.retrieval.encode, "encode_texts", encode_then_fail)
     with pytest.raises(RuntimeError, match="simulated interruption"):
         main([*args, "--output", str(workdir / "resumed")])
     chunks = workdir / "resumed" / "chunks"
@@ -153,7 +153,7 @@ def test_interrupted_index_build_resumes_at_the_missing_chunks(workdir, de_case,
         encoded.append(len(texts))
         return real_encode(model, texts, side, **kwargs)
 
-    monkeypatch.setattr(rankers.encode, "encode_texts", counting_encode)
+    monkeypatch.setattr(rankers.retrieval.encode, "encode_texts", counting_encode)
     index = main([*args, "--output", str(workdir / "resumed")])
     assert encoded == [64, 64, 64, 64, 44]  # chunk 1 once, then chunks 2-5 only (300 passages)
     fresh = main([*args, "--output", str(workdir / "fresh")])

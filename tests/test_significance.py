@@ -1,4 +1,4 @@
-"""rankers.significance: paired tests against hand computations and ranx, Holm by hand, edge cases."""
+"""rankers.evaluation.significance: paired tests against hand computations and ranx, Holm by hand, edge cases."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,8 @@ import warnings
 import pytest
 from scipy import stats
 
-from rankers.metrics import evaluate_run
-from rankers.significance import (
+from rankers.evaluation.metrics import evaluate_run
+from rankers.evaluation.significance import (
     adjust_p_values,
     compare_systems,
     paired_test,

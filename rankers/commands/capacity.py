@@ -1,4 +1,4 @@
-"""``python -m rankers capacity``: the capacity probe (:mod:`rankers.capacity`) on a teacher score file."""
+"""``python -m rankers capacity``: the capacity probe (:mod:`rankers.evaluation.capacity`) on a teacher score file."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datamodules.formats import read_qrels, read_teacher_scores
-from rankers import capacity as probe
-from rankers.capacity import METHODS, capacity_probe, markdown_table, sample_queries, write_report
+from rankers.evaluation import capacity as probe
+from rankers.evaluation.capacity import METHODS, capacity_probe, markdown_table, sample_queries, write_report
 
 __all__ = ["build_parser", "main", "run"]
 

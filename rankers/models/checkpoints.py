@@ -51,8 +51,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     tokenizer; the weights come from the checkpoint). A DE's online teacher is not loaded. ``expect``
     (``"dual_encoder"`` / ``"cross_attention"``): a checkpoint of the other kind is a clear error.
     """
-    from rankers.cross_encoder import CrossAttentionRanker
-    from rankers.dual_encoder import DualEncoderRanker
+    from rankers.models.cross_encoder import CrossAttentionRanker
+    from rankers.models.dual_encoder import DualEncoderRanker
 
     kind = checkpoint_kind(path)
     if expect is not None and kind != expect:

@@ -4,15 +4,15 @@ Every dense search in rankers goes through these two functions: the eval callbac
 dense negative mining (:func:`datamodules.negatives.dense_run`) and the ``index`` / ``search``
 commands. Where the passage embeddings come from differs (sharded over DDP ranks, encoded chunk by
 chunk in memory, or resumable chunk files on disk), so the corpus side takes an iterable of
-``(vectors, ids)`` chunks; :func:`rankers.encode.encode_texts` does all the encoding.
+``(vectors, ids)`` chunks; :func:`rankers.retrieval.encode.encode_texts` does all the encoding.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from rankers.encode import encode_texts
-from rankers.search import DenseIndex
+from rankers.retrieval.encode import encode_texts
+from rankers.retrieval.search import DenseIndex
 
 __all__ = ["index_chunks", "search_queries"]
 
