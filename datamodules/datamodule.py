@@ -234,7 +234,7 @@ class RankingDataModule(pl.LightningDataModule):
                 f"set --data.train_split / --data.val_split / --data.test_split"
             )
 
-    def _query_ids(self, split: str, limit: int | None) -> list[str]:
+    def split_query_ids(self, split: str, limit: int | None) -> list[str]:
         """Query ids of a split that have a judged positive, in qrels order; a seeded sample if limited."""
         self._check_split(split)
         qrels = self.load().qrels[split]
@@ -293,7 +293,7 @@ class RankingDataModule(pl.LightningDataModule):
             if split in self.load().qrels and self._eval_run_source(split) == "bm25":
                 wanted.setdefault(split, self.eval_depth)
         self._mine_bm25(wanted)
-        self.mined(self._query_ids(self.train_split, self.max_train_queries))  # fills the negatives cache
+        self.mined(self.split_query_ids(self.train_split, self.max_train_queries))  # fills the negatives cache
 
     def _mining_depth(self) -> int:
         return max(self.mining_depth or self.negative_window[1], self.eval_depth)
@@ -319,7 +319,7 @@ class RankingDataModule(pl.LightningDataModule):
         if stage in (None, "test"):
             self.eval_sets["test"] = self._pair_set(self.test_split)
 
-    def _candidate_run(self, split: str, query_ids: list[str]) -> dict[str, dict[str, float]]:
+    def split_candidate_run(self, split: str, query_ids: list[str]) -> dict[str, dict[str, float]]:
         from datamodules.formats import read_run
 
         source = self._eval_run_source(split)
@@ -337,19 +337,19 @@ class RankingDataModule(pl.LightningDataModule):
 
     def _pair_set(self, split: str) -> PairDataset:
         data = self.load()
-        query_ids = self._query_ids(split, self.max_eval_queries)
+        query_ids = self.split_query_ids(split, self.max_eval_queries)
         if not query_ids:
             raise ValueError(f"split '{split}' of {data.source}: none of its {len(data.qrels[split])} queries has a "
                              "judged positive (relevance > 0), so there is nothing to evaluate; choose another split "
                              "with --data.val_split / --data.test_split")
-        run = _top(self._candidate_run(split, query_ids), self.eval_depth)
+        run = _top(self.split_candidate_run(split, query_ids), self.eval_depth)
         pairs = PairDataset(data.queries, self.query_rows, data.corpus, self.corpus_rows, run)
         pairs.split, pairs.qrels = split, {q: data.qrels[split][q] for q in query_ids}
         return pairs
 
     def _train_subset(self) -> PairDataset:
         data = self.load()
-        ids = self._query_ids(self.train_split, self.max_train_queries)
+        ids = self.split_query_ids(self.train_split, self.max_train_queries)
         ids = sorted(random.Random(f"{self.seed}:train_subset").sample(ids, min(self.train_subset_size, len(ids))), key=ids.index)
         run = _top(self._bm25(self.train_split, ids, self._mining_depth()), self.eval_depth)
         pairs = PairDataset(data.queries, self.query_rows, data.corpus, self.corpus_rows, run)
@@ -484,7 +484,7 @@ class RankingDataModule(pl.LightningDataModule):
 
     def _setup_train(self) -> None:
         data = self.load()
-        query_ids = self._query_ids(self.train_split, self.max_train_queries)
+        query_ids = self.split_query_ids(self.train_split, self.max_train_queries)
         mined = self.mined(query_ids)
         self._set_training_queries(query_ids, mined)
         log.info("training: %d queries, %d negatives each from pools of median size %d", len(self.train_dataset),

@@ -5,17 +5,15 @@
 * :func:`negative_pool`: per qrels query, the run's passages ranked inside a rank window minus
   the judged positives, in rank order (score desc, ties by passage id desc, as in
   :func:`rankers.evaluation.metrics.rank_passages`).
-* :func:`sample_negatives`: a deterministic per-query sample of that pool.
+(Each training step samples from that pool itself: :mod:`datamodules.examples`.)
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import bm25s
 import datasets
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -142,12 +140,6 @@ def bm25_run(
 
 
 # ----------------------------------------------------------------------------- negatives
-def query_rng(seed: int, query_id: str) -> np.random.Generator:
-    """A generator that depends only on ``seed`` and ``query_id`` (not on dict order or process)."""
-    digest = hashlib.blake2b(f"{seed}\x1f{query_id}".encode(), digest_size=8).digest()
-    return np.random.default_rng(int.from_bytes(digest, "little"))
-
-
 def _check_window(window: tuple[int, int]) -> tuple[int, int]:
     try:
         start, end = (int(w) for w in window)
@@ -168,29 +160,3 @@ def negative_pool(run: Mapping[str, Mapping[str, float]], qrels: Qrels, *, windo
         ranked = rank_passages(run.get(qid) or {})[start:end]
         pools[qid] = [pid for pid in ranked if pid not in positives]
     return pools
-
-
-def sample_negatives(
-    run: Mapping[str, Mapping[str, float]],
-    qrels: Qrels,
-    *,
-    num_negatives: int,
-    window: tuple[int, int] = (0, 100),
-    seed: int = 0,
-) -> dict[str, list[str]]:
-    """Up to ``num_negatives`` passages per qrels query, sampled without replacement from its
-    :func:`negative_pool` with :func:`query_rng` (``seed``, query id) and returned in rank order.
-
-    ``num_negatives <= 0`` returns the whole pool. Queries with an empty pool get ``[]``.
-    """
-    pools = negative_pool(run, qrels, window=window)
-    if num_negatives <= 0:
-        return pools
-    sampled: dict[str, list[str]] = {}
-    for qid, pool in pools.items():
-        if len(pool) <= num_negatives:
-            sampled[qid] = pool
-        else:
-            picks = np.sort(query_rng(seed, qid).choice(len(pool), size=num_negatives, replace=False))
-            sampled[qid] = [pool[i] for i in picks]
-    return sampled

@@ -7,7 +7,7 @@ import json
 import datasets
 import pytest
 
-from datamodules.mining import BM25Retriever, bm25_run, negative_pool, query_rng, sample_negatives
+from datamodules.mining import BM25Retriever, bm25_run, negative_pool
 from rankers.evaluation.metrics import evaluate_run, rank_passages
 
 
@@ -63,48 +63,20 @@ def test_bm25_run_function_matches_retriever(scifact, scifact_bm25):
         assert rank_passages(candidates) == rank_passages(full[qid])[:20]
 
 
-def test_mined_negatives_exclude_positives_and_respect_window(scifact, scifact_bm25):
+def test_negative_pool_excludes_positives_and_respects_window(scifact, scifact_bm25):
     _, _, qrels = scifact
     _, run = scifact_bm25
     window = (5, 40)
-    negatives = sample_negatives(run, qrels, num_negatives=8, window=window, seed=13)
-    assert set(negatives) == set(qrels)
-    for qid, picked in negatives.items():
+    pools = negative_pool(run, qrels, window=window)
+    assert set(pools) == set(qrels)
+    for qid, pool in pools.items():
         ranks = {pid: r for r, pid in enumerate(rank_passages(run[qid]))}
         positives = {p for p, rel in qrels[qid].items() if rel > 0}
-        assert len(picked) == 8  # every scifact test query has >= 8 candidates in ranks 5..39
-        assert len(set(picked)) == len(picked)
-        assert not positives & set(picked)
-        assert all(window[0] <= ranks[pid] < window[1] for pid in picked)
-        assert [ranks[p] for p in picked] == sorted(ranks[p] for p in picked)  # rank order
-
-
-def test_sampling_is_deterministic_and_independent_of_dict_order(scifact, scifact_bm25):
-    _, _, qrels = scifact
-    _, run = scifact_bm25
-    first = sample_negatives(run, qrels, num_negatives=4, seed=7)
-    again = sample_negatives(run, qrels, num_negatives=4, seed=7)
-    reversed_run = {q: dict(reversed(list(c.items()))) for q, c in reversed(list(run.items()))}
-    reversed_qrels = {q: qrels[q] for q in reversed(list(qrels))}
-    shuffled = sample_negatives(reversed_run, reversed_qrels, num_negatives=4, seed=7)
-    assert first == again == shuffled
-    other_seed = sample_negatives(run, qrels, num_negatives=4, seed=8)
-    assert other_seed != first
-    one_query = next(iter(qrels))
-    assert sample_negatives(run, {one_query: qrels[one_query]}, num_negatives=4, seed=7)[one_query] == first[one_query]
-
-
-def test_pool_and_sample_sizes(scifact, scifact_bm25):
-    _, _, qrels = scifact
-    _, run = scifact_bm25
-    pool = negative_pool(run, qrels, window=(0, 30))
-    assert sample_negatives(run, qrels, num_negatives=0, window=(0, 30)) == pool
-    sampled = sample_negatives(run, qrels, num_negatives=25, window=(0, 30))
-    for qid, negatives in sampled.items():
-        assert len(negatives) == min(25, len(pool[qid]))
-        assert set(negatives) <= set(pool[qid])
-        positives_in_window = sum(1 for p in rank_passages(run[qid])[:30] if qrels[qid].get(p, 0) > 0)
-        assert len(pool[qid]) == min(30, len(run[qid])) - positives_in_window
+        assert len(set(pool)) == len(pool) and not positives & set(pool)
+        assert all(window[0] <= ranks[pid] < window[1] for pid in pool)
+        assert [ranks[p] for p in pool] == sorted(ranks[p] for p in pool)  # rank order
+        positives_in_window = sum(1 for p in rank_passages(run[qid])[window[0]:window[1]] if p in positives)
+        assert len(pool) == len(rank_passages(run[qid])[window[0]:window[1]]) - positives_in_window
 
 
 # ----------------------------------------------------------------------------- hand-built cases
@@ -117,10 +89,6 @@ def test_negative_pool_by_hand():
     # rank order q1: a, c, b (tie by id desc), d, e, f
     assert negative_pool(run, qrels, window=(0, 100)) == {"q1": ["a", "b", "d", "f"], "q2": [], "q3": []}
     assert negative_pool(run, qrels, window=(1, 4)) == {"q1": ["b", "d"], "q2": [], "q3": []}
-    assert sample_negatives(run, qrels, num_negatives=10, window=(0, 100))["q1"] == ["a", "b", "d", "f"]
-    two = sample_negatives(run, qrels, num_negatives=2, window=(0, 100), seed=3)
-    assert len(two["q1"]) == 2 and set(two["q1"]) <= {"a", "b", "d", "f"}
-    assert two["q2"] == two["q3"] == []
 
 
 @pytest.mark.parametrize("window", [(5, 5), (-1, 3), (4, 2), ("a", 3), (1,)])
@@ -128,11 +96,6 @@ def test_bad_window_raises(window):
     with pytest.raises(ValueError, match="window"):
         negative_pool({"q": {"a": 1.0}}, {"q": {"b": 1}}, window=window)
 
-
-def test_query_rng_depends_on_seed_and_query_only():
-    assert query_rng(1, "q").integers(1 << 30) == query_rng(1, "q").integers(1 << 30)
-    assert query_rng(1, "q").integers(1 << 30) != query_rng(2, "q").integers(1 << 30)
-    assert query_rng(1, "q").integers(1 << 30) != query_rng(1, "r").integers(1 << 30)
 
 
 def _tiny_corpus():

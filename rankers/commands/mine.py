@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> Path:
     cfg = parser.parse_args(argv)
     dm = RankingDataModule(**cfg.data.as_dict())
     dm.prepare_data()
-    query_ids = dm._query_ids(dm.train_split, dm.max_train_queries)
+    query_ids = dm.split_query_ids(dm.train_split, dm.max_train_queries)
     mined = dm.mined(query_ids)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -206,7 +206,7 @@ def bm25_baseline(dm) -> dict[str, float]:
 
     dm.setup("test")
     pairs = dm.eval_sets["test"]
-    run = dm._candidate_run(dm.test_split, list(pairs.qrels))
+    run = dm.split_candidate_run(dm.test_split, list(pairs.qrels))
     result = evaluate_run(run, pairs.qrels, TABLE_METRICS)
     return {m: float(result[m]) for m in TABLE_METRICS}
 
