@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from rankers.models.checkpoints import CROSS_ATTENTION, DUAL_ENCODER, checkpoint_kind, load_checkpoint  # noqa: F401
+from rankers.io.metadata import read_json
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +191,7 @@ def export_checkpoint(ckpt_path: str | Path, output: str | Path, *, overwrite: b
 def read_export_config(directory: str | Path) -> dict[str, Any]:
     """``rankers_config.json`` of an exported directory (``ValueError`` when missing or unreadable)."""
     path = Path(directory) / RANKERS_CONFIG
-    if not path.is_file():
-        raise ValueError(f"{path}: not found; {directory} is not a directory written by `python -m rankers export`")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    config = read_json(path, missing=f"{directory} is not a directory written by `python -m rankers export`")
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: field 'format_version' is {config.get('format_version')!r}, expected {FORMAT_VERSION}")
     if config.get("ranker") not in (DUAL_ENCODER, CROSS_ATTENTION):

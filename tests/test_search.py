@@ -130,7 +130,7 @@ def test_load_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="meta.json"):
         DenseIndex.load(tmp_path)
     (tmp_path / "meta.json").write_text("{\n  broken")
-    with pytest.raises(ValueError, match=r"meta.json: line 2"):
+    with pytest.raises(ValueError, match=r"meta.json:2: invalid JSON"):
         DenseIndex.load(tmp_path)
 
 

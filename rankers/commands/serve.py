@@ -29,6 +29,7 @@ import datasets
 import torch
 
 from rankers.devices import pick_device
+from rankers.io.metadata import read_json
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +159,8 @@ def _file_stamp(path: str | None) -> list[int] | None:
 
 def read_index_meta(directory: str | Path) -> dict[str, Any]:
     """``rankers_index.json`` of an index directory written by :func:`build_index`."""
-    path = Path(directory) / INDEX_META
-    if not path.is_file():
-        raise ValueError(f"{path}: not found; {directory} is not an index written by `python -m rankers index`")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    return read_json(Path(directory) / INDEX_META,
+                     missing=f"{directory} is not an index written by `python -m rankers index`")
 
 
 def search_run(model, index, queries: TextSource, *, depth: int = 1000, batch_size: int = 256, progress: bool = False) -> Run:

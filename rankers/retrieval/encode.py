@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rankers.io.atomic import atomic_write
+from rankers.io.metadata import read_json
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -116,10 +117,7 @@ def _check_manifest(directory: Path, signature: dict[str, Any]) -> None:
         with atomic_write(path) as handle:
             handle.write(json.dumps(signature, indent=2, sort_keys=True))
         return
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); delete {directory} to start over") from None
+    saved = read_json(path, invalid=f"delete {directory} to start over")
     for key in sorted(set(saved) | set(signature)):
         if saved.get(key) != signature.get(key):
             raise ValueError(

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from rankers.devices import pick_device
+from rankers.io.metadata import read_json
 from rankers.retrieval.encode import as_list, is_datasets_column
 
 log = logging.getLogger(__name__)
@@ -742,18 +743,13 @@ class DenseIndex:
         """
         directory = Path(directory)
         meta_path = directory / META_FILE
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError as err:
-            raise ValueError(f"{meta_path}: not found (not a saved DenseIndex directory)") from err
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{meta_path}: line {err.lineno}: invalid JSON ({err.msg})") from err
+        meta = read_json(meta_path, missing="not a saved DenseIndex directory")
         for field in ("format_version", "vectors", "dim", "ntotal", "metric", "index_type"):
             if field not in meta:
                 raise ValueError(f"{meta_path}: missing field {field!r}")
         if meta["format_version"] != FORMAT_VERSION:
             raise ValueError(f"{meta_path}: field 'format_version' is {meta['format_version']}, expected {FORMAT_VERSION}")
-        ids = json.loads((directory / IDS_FILE).read_text())
+        ids = read_json(directory / IDS_FILE, missing="a saved DenseIndex directory holds its ids there")
         if len(ids) != meta["ntotal"]:
             raise ValueError(f"{directory / IDS_FILE}: {len(ids)} ids but field 'ntotal' of {meta_path} is {meta['ntotal']}")
 
