@@ -74,3 +74,16 @@ def test_reproduce_reuses_a_teacher_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="--teacher-checkpoint .*missing.ckpt: no such file"):
         main(["reproduce", "--output-dir", str(tmp_path / "c"), "--teacher-checkpoint", str(tmp_path / "missing.ckpt"),
               *common])
+
+
+def test_bad_capacity_dims_fail_before_any_training(capsys):
+    """--capacity-dims is checked when the arguments are parsed, not after the teacher has trained."""
+    from rankers.commands.reproduce import build_parser
+
+    assert build_parser().parse_args(["--capacity-dims", "16,4,16"]).capacity_dims == [4, 16]
+    assert build_parser().parse_args(["--capacity-dims", ""]).capacity_dims == []
+    for bad in ("4,x", "0,8"):
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args(["--capacity-dims", bad])
+        assert exit_info.value.code == 2
+        assert "expected comma-separated positive integers" in capsys.readouterr().err

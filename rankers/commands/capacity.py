@@ -9,10 +9,11 @@ from datamodules.formats import read_qrels, read_teacher_scores
 from rankers.evaluation import capacity as probe
 from rankers.evaluation.capacity import METHODS, capacity_probe, markdown_table, sample_queries, write_report
 
-__all__ = ["build_parser", "main", "run"]
+__all__ = ["build_parser", "main", "parse_dims", "run"]
 
 
-def _positive_ints(text: str) -> list[int]:
+def parse_dims(text: str) -> list[int]:
+    """``'8,16,32'`` -> ``[8, 16, 32]`` (sorted, unique); anything but positive integers is an argparse error."""
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher-scores", "--teacher_scores", required=True,
                    help="TREC score file of the teacher (qid Q0 pid rank score tag)")
-    p.add_argument("--dims", type=_positive_ints, default=[8, 16, 32, 64], help="embedding sizes, e.g. 8,16,32,64")
+    p.add_argument("--dims", type=parse_dims, default=[8, 16, 32, 64], help="embedding sizes, e.g. 8,16,32,64")
     p.add_argument("--method", "--methods", dest="methods", type=_methods, default=list(METHODS),
                    help="svd, gradient or both (comma-separated)")
     p.add_argument("--qrels", default=None, help="qrels file for MRR@10 (default: the teacher's top-1 is relevant)")

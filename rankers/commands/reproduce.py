@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 TABLE_METRICS = ("mrr@10", "ndcg@10", "recall@100")
 
 
+def _capacity_dims(text: str) -> list[int]:
+    """``--capacity-dims``: '' (skip the probe) or what ``rankers capacity --dims`` takes, checked before any training."""
+    from rankers.commands.capacity import parse_dims
+
+    return parse_dims(text) if text.strip() else []
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rankers reproduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="students re-mine their negatives with themselves every N epochs (ANCE-style); 0 = BM25 negatives")
     a("--denoise-margin", type=float, default=None,
       help="students drop mined negatives the teacher scores within this margin of the positive (RocketQA)")
-    a("--capacity-dims", default="4,8,16,32,64", help="embedding sizes for the capacity probe ('' to skip)")
+    a("--capacity-dims", type=_capacity_dims, default="4,8,16,32,64",
+      help="embedding sizes for the capacity probe ('' to skip)")
     a("--accelerator", default="auto")
     a("--devices", default="1")
     a("--precision", default="auto",
@@ -292,8 +300,7 @@ def run(args) -> dict[str, Any]:
     if args.capacity_dims:  # the paper's first claim, on this teacher's scores
         from rankers.commands.capacity import run as capacity
 
-        dims = sorted({int(d) for d in args.capacity_dims.split(",") if d.strip()})
-        capacity(scores_path, dims, max_queries=1000, seed=args.seed, output_dir=out / "capacity")
+        capacity(scores_path, args.capacity_dims, max_queries=1000, seed=args.seed, output_dir=out / "capacity")
 
     # 3. students from the same initialisation
     mining: dict[str, Any] = {}
