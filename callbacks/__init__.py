@@ -1,10 +1,12 @@
-"""Lightning callbacks of rankers: retrieval evaluation, score diagnostics, teacher-score writing."""
+"""Lightning callbacks of rankers: retrieval evaluation, the ANCE negative refresh, score diagnostics,
+teacher-score writing."""
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
     "RetrievalEvaluator": "callbacks.retrieval_eval",
+    "NegativeRefresh": "callbacks.negative_refresh",
     "ScoreDiagnostics": "callbacks.score_diagnostics",
     "TeacherScoreWriter": "callbacks.teacher_scores",
 }

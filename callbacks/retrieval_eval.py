@@ -81,7 +81,7 @@ class RetrievalEvaluator(Callback):
         self._buffers: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.results: dict[str, dict[str, float]] = {}
         self.runs: dict[str, dict[str, dict[str, float]]] = {}
-        self.index = None  # the last dense index built (reused by dense mining)
+        self.index = None  # the last dense index built (NegativeRefresh mines with it)
         self.history: list[dict[str, dict[str, float]]] = []  # per validation epoch: {"{set}/{mode}": metrics}
         self._run_path: Path | None = None
 

@@ -20,7 +20,7 @@ import inspect
 import logging
 import random
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -85,8 +85,6 @@ class RankingDataModule(pl.LightningDataModule):
         miner_checkpoint: a DualEncoderRanker checkpoint for ``negatives="dense"``.
         mining_depth: candidates retrieved per training query before the window is applied
             (default: the window's end).
-        refresh_every_n_epochs: ANCE-style: every N epochs re-mine the training negatives with the DE
-            being trained (reusing the retrieval-eval callback's index); 0 = never.
         predict_split: what ``predict`` scores: ``train`` (every training query's positives and negative
             pool: the distillation teacher scores) or the ``val`` / ``test`` re-rank pairs (held-out
             teacher scores, e.g. for ``callbacks.ScoreDiagnostics`` teacher-student agreement).
@@ -114,6 +112,15 @@ class RankingDataModule(pl.LightningDataModule):
             can then block forever; a forkserver's workers start from a clean single-threaded process.
         cache_dir: where mined runs and Arrow caches go (default ``$RANKERS_HOME/cache``).
         seed: seeds negative sampling and query sub-sampling.
+        model_loader: how a checkpoint path becomes a model, called as
+            ``model_loader(path, map_location=..., expect="dual_encoder" | "cross_attention")``; needed only
+            for ``miner_checkpoint`` and ``mining_teacher``. The DataModule imports no model code: the
+            application layer hands it :func:`rankers.load_checkpoint` (the CLI, :mod:`rankers.api` and
+            the commands do; pass it yourself when you build the DataModule in Python).
+
+    The ANCE-style refresh of the negatives during training is the :class:`callbacks.NegativeRefresh`
+    callback, which holds the model being trained and the evaluation's index and calls
+    :meth:`refresh_negatives`.
     """
 
     def __init__(
@@ -130,7 +137,6 @@ class RankingDataModule(pl.LightningDataModule):
         negative_window: tuple[int, int] = (0, 100),
         miner_checkpoint: str | None = None,
         mining_depth: int | None = None,
-        refresh_every_n_epochs: int = 0,
         teacher_scores: str | None = None,
         predict_split: Literal["train", "val", "test"] = "train",
         mining_teacher: str | None = None,
@@ -148,9 +154,11 @@ class RankingDataModule(pl.LightningDataModule):
         worker_start_method: Literal["auto", "fork", "spawn", "forkserver"] = "auto",
         cache_dir: str | None = None,
         seed: int = 0,
+        model_loader: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["model_loader"])
+        self.model_loader = model_loader
         if negatives == "run" and not negatives_run:
             raise ValueError("RankingDataModule: negatives='run' needs negatives_run=PATH (a TREC run file)")
         if negatives == "dense" and not miner_checkpoint:
@@ -170,7 +178,6 @@ class RankingDataModule(pl.LightningDataModule):
         self.negative_window = tuple(negative_window)
         self.miner_checkpoint = miner_checkpoint
         self.mining_depth = mining_depth
-        self.refresh_every_n_epochs = refresh_every_n_epochs
         self.teacher_scores_path = teacher_scores
         self.predict_split = predict_split
         self.mining_teacher = mining_teacher
@@ -396,9 +403,8 @@ class RankingDataModule(pl.LightningDataModule):
             return {q: run[q] for q in query_ids}
         if self.negatives == "dense":
             from datamodules.negatives import dense_run
-            from rankers.models.checkpoints import DUAL_ENCODER, load_checkpoint
 
-            miner = load_checkpoint(self.miner_checkpoint, expect=DUAL_ENCODER)
+            miner = self.load_model(self.miner_checkpoint, "miner_checkpoint", expect="dual_encoder")
             rows = self.load().query_index()
             queries = self.load().queries.select([rows[q] for q in query_ids])
             return dense_run(miner, self.load().corpus, queries, depth=self._mining_depth(),
@@ -448,7 +454,6 @@ class RankingDataModule(pl.LightningDataModule):
 
     def score_with_teacher(self, candidates: dict[str, list[str]], known=None) -> dict[str, dict[str, float]]:
         """Teacher (``mining_teacher``) scores of each query's candidates; ``known`` scores are reused."""
-        from rankers.models.checkpoints import CROSS_ATTENTION, load_checkpoint
         from rankers.devices import pick_device
 
         known = known or {}
@@ -459,7 +464,7 @@ class RankingDataModule(pl.LightningDataModule):
             device = pick_device()
             if self.trainer is not None and getattr(self.trainer, "strategy", None) is not None:
                 device = self.trainer.strategy.root_device
-            teacher = load_checkpoint(self.mining_teacher, map_location=device, expect=CROSS_ATTENTION)
+            teacher = self.load_model(self.mining_teacher, "mining_teacher", expect="cross_attention", map_location=device)
             data = self.load()
             qrows, prows = data.query_index(), data.corpus_index()
             qtext = data.queries.select([qrows[q] for q, _ in pairs])["text"]
@@ -469,6 +474,14 @@ class RankingDataModule(pl.LightningDataModule):
             for (q, p), v in zip(pairs, values):
                 scores[q][p] = float(v)
         return {q: {p: scores[q][p] for p in pids} for q, pids in candidates.items()}
+
+    def load_model(self, path: str, argument: str, expect: str, map_location: Any = "cpu"):
+        """The model of checkpoint ``path`` (given as ``argument``), through the injected ``model_loader``."""
+        if self.model_loader is None:
+            raise ValueError(f"RankingDataModule: {argument}={path} is a checkpoint, and loading it needs "
+                             "model_loader=rankers.load_checkpoint (the rankers CLI, rankers.api and the commands "
+                             "pass it; pass it yourself when you build the DataModule in Python)")
+        return self.model_loader(path, map_location=map_location, expect=expect)
 
     def _read_teacher_file(self):
         from datamodules.formats import read_teacher_scores
@@ -517,9 +530,11 @@ class RankingDataModule(pl.LightningDataModule):
         )
 
     # --- ANCE-style refresh during training -------------------------------------------------------
-    def refresh_negatives(self, model, index=None) -> None:
-        """Re-mine the training negatives with ``model`` (the DE being trained); rank 0 mines and caches,
-        every rank then loads the same pools (DDP-safe: barrier + broadcast of the cache key)."""
+    def refresh_negatives(self, model, epoch: int, index=None) -> None:
+        """Re-mine the training negatives with ``model`` (the DE being trained) for training epoch
+        ``epoch``, searching ``index`` (a dense index of this corpus built with the same weights) when
+        given; rank 0 mines and caches, every rank then loads the same pools (DDP-safe: barrier +
+        broadcast of the cache key). The next ``train_dataloader`` serves them."""
         import dataclasses
 
         from datamodules.negatives import dense_run
@@ -527,7 +542,7 @@ class RankingDataModule(pl.LightningDataModule):
         trainer = self.trainer
         query_ids = [ex.query_id for ex in self.train_dataset.examples]
         spec = dataclasses.replace(self.mining_spec(query_ids), miner="dense-refresh",
-                                   model_digest=f"epoch{trainer.current_epoch}:{_state_digest(model)}", run_digest=None)
+                                   model_digest=f"epoch{epoch}:{_state_digest(model)}", run_digest=None)
         if trainer.is_global_zero and self.negative_cache().load(spec) is None:
             rows = self.load().query_index()
             queries = self.load().queries.select([rows[q] for q in query_ids])
@@ -542,8 +557,8 @@ class RankingDataModule(pl.LightningDataModule):
         before = {ex.query_id: set(ex.negatives) for ex in self.train_dataset.examples}
         self._set_training_queries(query_ids, mined)
         changed = sum(1 for ex in self.train_dataset.examples if set(ex.negatives) != before.get(ex.query_id))
-        log.info("refreshed negatives at epoch %d with the current DE: %d of %d queries got a new pool",
-                 trainer.current_epoch, changed, len(self.train_dataset))
+        log.info("refreshed negatives for epoch %d with the current DE: %d of %d queries got a new pool",
+                 epoch, changed, len(self.train_dataset))
 
     def state_dict(self) -> dict[str, Any]:
         return {"refreshed": self.refreshed}
@@ -610,26 +625,12 @@ class RankingDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "setup('fit') first"
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        if self.refresh_every_n_epochs > 0 and epoch > 0 and epoch % self.refresh_every_n_epochs == 0 \
-                and (self.refreshed or {}).get("model_digest", "").split(":")[0] != f"epoch{epoch}":
-            self._refresh_from_trainer()
-        elif self.refreshed is not None and self._active_refresh != self.refreshed:  # resumed from a checkpoint
+        if self.refreshed is not None and self._active_refresh != self.refreshed:  # resumed from a checkpoint
             query_ids = [ex.query_id for ex in self.train_dataset.examples]
             self._set_training_queries(query_ids, self.mined(query_ids))
             self._active_refresh = self.refreshed
         self.train_dataset.epoch = epoch
         return self._loader(self.train_dataset, self.batch_size, shuffle=True)
-
-    def _refresh_from_trainer(self) -> None:
-        model = self.trainer.lightning_module
-        if not getattr(model, "is_dual_encoder", False):
-            raise ValueError("refresh_every_n_epochs re-mines with the model being trained, which must be a DualEncoderRanker")
-        index = None
-        for callback in self.trainer.callbacks:
-            candidate = getattr(callback, "index", None)
-            if candidate is not None and candidate.ntotal == len(self.load().corpus):
-                index = candidate
-        self.refresh_negatives(model, index=index)
 
     def eval_names(self, stage: str) -> list[str]:
         """Names of the eval pair sets in dataloader order for a stage ("val" loop or "test" loop)."""

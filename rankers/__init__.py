@@ -13,6 +13,7 @@ _EXPORTS = {
     "CrossAttentionRanker": "rankers.models.cross_encoder",
     "DualEncoderRanker": "rankers.models.dual_encoder",
     "RankerModule": "rankers.models.module",
+    "load_checkpoint": "rankers.models.checkpoints",
     "WandbLogger": "rankers.loggers",
 }
 

@@ -41,10 +41,16 @@ def lightning_cli(args=None, run: bool = True):
     from lightning.pytorch.cli import LightningCLI
 
     from datamodules.datamodule import RankingDataModule
+    from rankers.models.checkpoints import load_checkpoint
     from rankers.models.module import RankerModule
 
+    class RankersCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            # the DataModule imports no model code: it is handed the one checkpoint loader
+            parser.set_defaults({"data.model_loader": load_checkpoint})
+
     extra = "\n".join(f"  {name:<10} {desc}" for name, (_, desc) in PIPELINE_COMMANDS.items())
-    return LightningCLI(
+    return RankersCLI(
         RankerModule,
         RankingDataModule,
         subclass_mode_model=True,

@@ -27,10 +27,12 @@ def build_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     from datamodules.datamodule import RankingDataModule
+    from rankers.models.checkpoints import load_checkpoint
 
     parser = ArgumentParser(prog="python -m rankers mine", description=__doc__)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(RankingDataModule, "data")
+    parser.set_defaults({"data.model_loader": load_checkpoint})  # the DataModule imports no model code
     parser.add_argument("--output", type=str, required=True, help="directory for negatives.trec etc.")
     for ignored in ("trainer", "model", "seed_everything", "ckpt_path", "optimizer", "lr_scheduler"):
         parser.add_argument(f"--{ignored}", type=object, default=None, help="(ignored: read from configs only for compatibility)")

@@ -120,31 +120,37 @@ def _trainer(args, root: Path, epochs: int, callbacks: list, monitor: bool = Tru
 
 def _datamodule(args, **overrides):
     from datamodules.datamodule import RankingDataModule
+    from rankers.models.checkpoints import load_checkpoint
 
     lo, hi = (int(x) for x in args.negative_window.split(","))
     kw = dict(dataset=args.dataset, embedded_scale=args.embedded_scale, embedded_spurious_cue=args.embedded_spurious_cue,
               negative_window=(lo, hi), train_subset_size=args.train_subset, train_split=args.train_split,
               val_split=args.val_split, test_split=args.test_split, num_negatives=args.num_negatives,
               batch_size=args.batch_size, eval_depth=args.eval_depth, max_train_queries=args.max_train_queries or None,
-              max_eval_queries=args.max_eval_queries or None, num_workers=args.num_workers, seed=args.seed)
+              max_eval_queries=args.max_eval_queries or None, num_workers=args.num_workers, seed=args.seed,
+              model_loader=load_checkpoint)
     kw.update(overrides)
     return RankingDataModule(**kw)
 
 
-def _evaluator(root: Path):
+def _evaluator(root: Path, refresh_every: int = 0):
+    """The end-of-epoch evaluation; with ``refresh_every`` it also re-mines the negatives (ANCE)."""
+    from callbacks.negative_refresh import NegativeRefresh
     from callbacks.retrieval_eval import RetrievalEvaluator
 
-    return RetrievalEvaluator(metrics=("mrr@10", "ndcg@10", "recall@100", "recall@1000"), output_dir=str(root))
+    kw = dict(metrics=("mrr@10", "ndcg@10", "recall@100", "recall@1000"), output_dir=str(root))
+    return NegativeRefresh(every_n_epochs=refresh_every, **kw) if refresh_every else RetrievalEvaluator(**kw)
 
 
 def _test_results(evaluator) -> dict[str, dict[str, float]]:
     return {k: v for k, v in evaluator.results.items() if k.startswith("test/")}
 
 
-def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int, val_every: int = 1) -> dict[str, dict[str, float]]:
+def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int, val_every: int = 1,
+                  refresh_every: int = 0) -> dict[str, dict[str, float]]:
     from callbacks.score_diagnostics import ScoreDiagnostics
 
-    evaluator = _evaluator(root)
+    evaluator = _evaluator(root, refresh_every)
     trainer = _trainer(args, root, epochs, [evaluator, ScoreDiagnostics(plot_dir=str(root / "plots"))],
                        val_every=val_every)
     start = time.perf_counter()
@@ -159,7 +165,7 @@ def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int, val_every
         if f"train_subset/{key}" in evaluator.history[-1] and f"val/{key}" in evaluator.history[-1]:
             results[f"gap/{key}"] = {"train_subset": evaluator.history[-1][f"train_subset/{key}"]["mrr@10"],
                                      "val": evaluator.history[-1][f"val/{key}"]["mrr@10"]}
-    log.info("%s done in %.0fs: %s", name, fit_s, results)
+    log.info("%s done in %.0fs: %s", name, fit_s, {k: v for k, v in results.items() if k != "_run"})
     return results
 
 
@@ -309,8 +315,7 @@ def run(args) -> dict[str, Any]:
         # the teacher checkpoint scores every mined pool (refreshed ones too) once; those scores are
         # both the denoising signal and the distillation targets
         best = results["CA teacher"]["_meta"]["best_checkpoint"]
-        mining = dict(refresh_every_n_epochs=args.refresh_every, denoise_margin=args.denoise_margin,
-                      mining_teacher=best)
+        mining = dict(denoise_margin=args.denoise_margin, mining_teacher=best)
         teacher_data = {}
     students = [("DE labels", dict(label_weight=1.0, distillation_loss=None), dict(mining))]
     for loss in losses:
@@ -323,7 +328,8 @@ def run(args) -> dict[str, Any]:
                                query_max_length=args.query_max_length, passage_max_length=args.max_length,
                                lr=args.student_lr, **model_kw)
         slug = name.lower().replace(" ", "_")
-        results[name] = _fit_and_test(args, name, de, _datamodule(args, **dm_kw), out / slug, args.student_epochs)
+        results[name] = _fit_and_test(args, name, de, _datamodule(args, **dm_kw), out / slug, args.student_epochs,
+                                      refresh_every=args.refresh_every)
         del de
         release_memory()
 
