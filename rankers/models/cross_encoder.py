@@ -13,6 +13,7 @@ import torch
 
 from rankers.models.backbone import load_sequence_scorer, load_tokenizer
 from rankers.models.collate import PairCollator
+from rankers.models.length_buckets import forward_by_length
 from rankers.losses import one_hot_ce
 from rankers.models.module import RankerModule
 
@@ -36,6 +37,9 @@ class CrossAttentionRanker(RankerModule):
             head_lr 2e-3). The body keeps the small ``lr`` that preserves its pretrained weights.
         trust_remote_code: allow model code from the hub (off by default).
         gradient_checkpointing: trade compute for activation memory.
+        length_buckets: a batch of pairs runs through the encoder as this many length-sorted groups,
+            each padded to its own longest pair (:mod:`rankers.models.length_buckets`; same scores,
+            less padding); 1 = one padded batch.
     """
 
     def __init__(
@@ -50,10 +54,12 @@ class CrossAttentionRanker(RankerModule):
         warmup_ratio: float = 0.1,
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
+        length_buckets: int = 4,
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio, head_lr=head_lr)
         self.save_hyperparameters()
         self.max_length = max_length
+        self.length_buckets = length_buckets
         self.temperature = temperature
         self.model = load_sequence_scorer(
             backbone, trust_remote_code=trust_remote_code, gradient_checkpointing=gradient_checkpointing,
@@ -70,7 +76,7 @@ class CrossAttentionRanker(RankerModule):
         return PairCollator(self.tokenizer, self.max_length)
 
     def forward(self, pair_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(**pair_inputs).logits.squeeze(-1)
+        return forward_by_length(lambda x: self.model(**x).logits.squeeze(-1), pair_inputs, self.length_buckets)
 
     def pair_scores(self, batch: dict[str, Any]) -> torch.Tensor:
         return self(batch["pair_inputs"])

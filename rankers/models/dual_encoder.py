@@ -37,6 +37,7 @@ from torch import nn
 from rankers import distributed
 from rankers.models.backbone import load_encoder, load_tokenizer
 from rankers.models.collate import DualCollator, is_listwise
+from rankers.models.length_buckets import forward_by_length
 from rankers.losses import get_distillation_loss, one_hot_ce
 from rankers.models.module import RankerModule
 
@@ -102,6 +103,10 @@ class DualEncoderRanker(RankerModule):
         distillation_temperature: temperature of the softmax-based distillation losses (kl, softmax_ce).
         teacher_checkpoint: a CrossAttentionRanker checkpoint scoring batches online (frozen); without
             it, teacher scores must come with the batch (``--data.teacher_scores``).
+        gradient_checkpointing: trade compute for activation memory.
+        length_buckets: the texts of a batch run through the encoder as this many length-sorted groups,
+            each padded to its own longest text (:mod:`rankers.models.length_buckets`; same embeddings,
+            less padding); 1 = one padded batch.
     """
 
     is_dual_encoder = True
@@ -128,6 +133,7 @@ class DualEncoderRanker(RankerModule):
         warmup_ratio: float = 0.1,
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
+        length_buckets: int = 4,
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio)
         self.save_hyperparameters()
@@ -192,8 +198,10 @@ class DualEncoderRanker(RankerModule):
     def _encode(self, inputs: dict[str, torch.Tensor], side: Literal["query", "passage"]) -> torch.Tensor:
         encoder = self.query_encoder if side == "query" else self.passage_encoder
         projection = self.query_projection if side == "query" else self.passage_projection
-        hidden = encoder(**inputs).last_hidden_state
-        emb = projection(pool(hidden, inputs["attention_mask"], self.pooling))
+        def embed(x: dict[str, torch.Tensor]) -> torch.Tensor:
+            return projection(pool(encoder(**x).last_hidden_state, x["attention_mask"], self.pooling))
+
+        emb = forward_by_length(embed, inputs, self.hparams.length_buckets)
         return F.normalize(emb, dim=-1) if self.similarity == "cos" else emb
 
     def encode_query_inputs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
