@@ -496,7 +496,6 @@ class RankingDataModule(pl.LightningDataModule):
         return read_teacher_scores(path)
 
     def _setup_train(self) -> None:
-        data = self.load()
         query_ids = self.split_query_ids(self.train_split, self.max_train_queries)
         mined = self.mined(query_ids)
         self._set_training_queries(query_ids, mined)

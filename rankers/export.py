@@ -27,7 +27,6 @@ temperature, lengths, hyper-parameters). Scores are ``similarity / temperature``
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -246,12 +245,14 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
 
 
 # ----------------------------------------------------------------------------- command
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m rankers export",
-        description="Export a rankers checkpoint as a Hugging Face directory: a DualEncoderRanker loads with "
-                    "SentenceTransformer(DIR) (separate towers: DIR/query and DIR/passage), a CrossAttentionRanker "
-                    "with CrossEncoder(DIR) or AutoModelForSequenceClassification.",
+def build_parser():
+    from rankers.commands.parsing import command_parser
+
+    parser = command_parser(
+        "export",
+        "Export a rankers checkpoint as a Hugging Face directory: a DualEncoderRanker loads with "
+        "SentenceTransformer(DIR) (separate towers: DIR/query and DIR/passage), a CrossAttentionRanker "
+        "with CrossEncoder(DIR) or AutoModelForSequenceClassification.",
     )
     parser.add_argument("--ckpt_path", required=True, help="a DualEncoderRanker or CrossAttentionRanker checkpoint")
     parser.add_argument("--output", required=True, help="directory to create")

@@ -71,7 +71,7 @@ def test_reproduce_reuses_a_teacher_checkpoint(tmp_path):
     assert second["fit_seconds"]["CA teacher"] == 0.0
     assert not (tmp_path / "b" / "ca_teacher" / "checkpoints").exists()
     assert "not retrained" in (tmp_path / "b" / "paper_table.md").read_text()
-    with pytest.raises(FileNotFoundError, match="--teacher-checkpoint .*missing.ckpt: no such file"):
+    with pytest.raises(FileNotFoundError, match="--teacher_checkpoint .*missing.ckpt: no such file"):
         main(["reproduce", "--output-dir", str(tmp_path / "c"), "--teacher-checkpoint", str(tmp_path / "missing.ckpt"),
               *common])
 

@@ -12,10 +12,12 @@ from rankers.evaluation.capacity import METHODS, capacity_probe, markdown_table,
 __all__ = ["build_parser", "main", "parse_dims", "run"]
 
 
-def parse_dims(text: str) -> list[int]:
-    """``'8,16,32'`` -> ``[8, 16, 32]`` (sorted, unique); anything but positive integers is an argparse error."""
+def parse_dims(text: str | list[int]) -> list[int]:
+    """``'8,16,32'`` -> ``[8, 16, 32]`` (sorted, unique); anything but positive integers is an argument
+    error. A list (a YAML config's value, or a value parsed before) is checked the same way."""
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
+        parts = text if isinstance(text, list) else text.split(",")
+        values = [int(part) for part in parts if str(part).strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
     if not values or any(v < 1 for v in values):
@@ -23,29 +25,30 @@ def parse_dims(text: str) -> list[int]:
     return sorted(set(values))
 
 
-def _methods(text: str) -> list[str]:
-    values = [part.strip() for part in text.split(",") if part.strip()]
+def _methods(text: str | list[str]) -> list[str]:
+    values = [str(part).strip() for part in (text if isinstance(text, list) else text.split(",")) if str(part).strip()]
     bad = [v for v in values if v not in METHODS]
     if bad or not values:
         raise argparse.ArgumentTypeError(f"unknown method(s) {bad or text!r}; choose from {','.join(METHODS)}")
     return list(dict.fromkeys(values))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rankers capacity", description=probe.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher-scores", "--teacher_scores", required=True,
+def build_parser():
+    from rankers.commands.parsing import command_parser
+
+    p = command_parser("capacity", probe.__doc__)
+    p.add_argument("--teacher_scores", "--teacher-scores", required=True,
                    help="TREC score file of the teacher (qid Q0 pid rank score tag)")
     p.add_argument("--dims", type=parse_dims, default=[8, 16, 32, 64], help="embedding sizes, e.g. 8,16,32,64")
-    p.add_argument("--method", "--methods", dest="methods", type=_methods, default=list(METHODS),
+    p.add_argument("--methods", "--method", type=_methods, default=list(METHODS),
                    help="svd, gradient or both (comma-separated)")
     p.add_argument("--qrels", default=None, help="qrels file for MRR@10 (default: the teacher's top-1 is relevant)")
-    p.add_argument("--output-dir", "--output_dir", default=None,
+    p.add_argument("--output_dir", "--output-dir", default=None,
                    help="where capacity.{json,md,png} go (default: beside the score file, in capacity/)")
-    p.add_argument("--max-queries", "--max_queries", type=int, default=None, help="seeded sample of queries")
+    p.add_argument("--max_queries", "--max-queries", type=int, default=None, help="seeded sample of queries")
     p.add_argument("--steps", type=int, default=300, help="Adam steps of the gradient fit")
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate of the gradient fit")
-    p.add_argument("--svd-iters", "--svd_iters", type=int, default=1,
+    p.add_argument("--svd_iters", "--svd-iters", type=int, default=1,
                    help="SVDs per k: 1 = zero (row-mean) fill of unscored entries; more = hard-impute refinement")
     p.add_argument("--seed", type=int, default=0)
     return p

@@ -14,7 +14,6 @@ Every stage is the same LightningModule / DataModule / callback code the config 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -26,26 +25,29 @@ log = logging.getLogger(__name__)
 TABLE_METRICS = ("mrr@10", "ndcg@10", "recall@100")
 
 
-def _capacity_dims(text: str) -> list[int]:
-    """``--capacity-dims``: '' (skip the probe) or what ``rankers capacity --dims`` takes, checked before any training."""
+def _capacity_dims(text: str | list[int]) -> list[int]:
+    """``--capacity_dims``: '' (skip the probe) or what ``rankers capacity --dims`` takes, checked before any training."""
     from rankers.commands.capacity import parse_dims
 
+    if isinstance(text, list):
+        return parse_dims(text) if text else []
     return parse_dims(text) if text.strip() else []
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rankers reproduce", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    from rankers.commands.parsing import command_parser
+
+    p = command_parser("reproduce", __doc__)
     a = p.add_argument
-    a("--output-dir", "--output_dir", default="runs/demo", help="where checkpoints, runs and the table go")
+    a("--output_dir", "--output-dir", default="runs/demo", help="where checkpoints, runs and the table go")
     a("--dataset", default="embedded", help="'embedded', a BEIR / MS MARCO directory, or an HF dataset name")
-    a("--embedded-scale", type=float, default=1.0, help="size multiplier of the embedded default data")
-    a("--embedded-spurious-cue", action="store_true",
+    a("--embedded_scale", "--embedded-scale", type=float, default=1.0, help="size multiplier of the embedded default data")
+    a("--embedded_spurious_cue", "--embedded-spurious-cue", action="store_true",
       help="plant the embedded default's train-only cue (shows overfitting; also derails the teacher)")
-    a("--teacher-backbone", default="minilm",
+    a("--teacher_backbone", "--teacher-backbone", default="minilm",
       help="CA backbone: 'minilm' (all-MiniLM-L6-v2, offline), 'tiny' (random 2-layer BERT), hub name or local directory")
-    a("--student-backbone", default="minilm", help="DE backbone (same choices)")
-    a("--student-num-layers", type=int, default=0,
+    a("--student_backbone", "--student-backbone", default="minilm", help="DE backbone (same choices)")
+    a("--student_num_layers", "--student-num-layers", type=int, default=0,
       help="the student keeps the first k layers of its backbone (the paper: 12-layer CA, 6-layer DE); 0 = all "
            "(a 3-layer MiniLM student stays below BM25 on the embedded default, see README)")
     a("--pooling", default="mean", choices=["cls", "mean"], help="DE pooling (mean for sentence-transformers models)")
@@ -53,42 +55,45 @@ def build_parser() -> argparse.ArgumentParser:
       help="DE similarity (all-MiniLM-L6-v2 was trained with cosine / 0.05)")
     a("--temperature", type=float, default=0.05, help="DE scores are similarity / temperature")
     a("--losses", default="kl", help="comma-separated distillation losses: m3se,margin_mse,kl,softmax_ce,mse,rankdistil")
-    a("--label-weight", type=float, default=0.0, help="weight of the one-hot label loss mixed into distillation")
-    a("--train-split", default="train")
-    a("--val-split", default="dev")
-    a("--test-split", default="test")
-    a("--teacher-checkpoint", default=None,
+    a("--label_weight", "--label-weight", type=float, default=0.0, help="weight of the one-hot label loss mixed into distillation")
+    a("--distillation_temperature", "--distillation-temperature", type=float, default=1.0,
+      help="temperature T of the softmax losses (kl, softmax_ce): both score lists divided by T, loss times T² "
+           "(Hinton et al. 2015)")
+    a("--train_split", "--train-split", default="train")
+    a("--val_split", "--val-split", default="dev")
+    a("--test_split", "--test-split", default="test")
+    a("--teacher_checkpoint", "--teacher-checkpoint", default=None,
       help="reuse this CA checkpoint (e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier run) instead "
            "of training the teacher: it is still tested and scores the training candidates")
-    a("--teacher-epochs", type=int, default=3)
-    a("--teacher-val-every", type=int, default=0,
+    a("--teacher_epochs", "--teacher-epochs", type=int, default=3)
+    a("--teacher_val_every", "--teacher-val-every", type=int, default=0,
       help="validate the teacher every N epochs (0: only after the last one, which is then its checkpoint)")
-    a("--student-epochs", type=int, default=1)
-    a("--teacher-lr", type=float, default=1e-4)
-    a("--teacher-head-lr", type=float, default=2e-3, help="learning rate of the CA's fresh scoring head")
-    a("--student-lr", type=float, default=1e-4)
-    a("--batch-size", type=int, default=8, help="training queries per batch")
-    a("--num-negatives", type=int, default=15,
+    a("--student_epochs", "--student-epochs", type=int, default=1)
+    a("--teacher_lr", "--teacher-lr", type=float, default=1e-4)
+    a("--teacher_head_lr", "--teacher-head-lr", type=float, default=2e-3, help="learning rate of the CA's fresh scoring head")
+    a("--student_lr", "--student-lr", type=float, default=1e-4)
+    a("--batch_size", "--batch-size", type=int, default=8, help="training queries per batch")
+    a("--num_negatives", "--num-negatives", type=int, default=15,
       help="hard negatives per training query and step for the students (the teacher scores every one)")
-    a("--teacher-num-negatives", type=int, default=7, help="hard negatives per query and step for the teacher")
-    a("--max-length", type=int, default=64, help="CA pair length; DE passages use it too")
-    a("--query-max-length", type=int, default=32)
-    a("--max-train-queries", type=int, default=400, help="training queries (0 = all)")
-    a("--max-eval-queries", type=int, default=200, help="queries of each eval split (0 = all)")
-    a("--eval-depth", type=int, default=30, help="candidates per query to re-rank")
-    a("--negative-window", default="0,30", help="rank window lo,hi of the BM25 candidates negatives come from")
-    a("--train-subset", type=int, default=100, help="training queries evaluated each epoch (overfitting gap)")
-    a("--refresh-every", type=int, default=0,
+    a("--teacher_num_negatives", "--teacher-num-negatives", type=int, default=7, help="hard negatives per query and step for the teacher")
+    a("--max_length", "--max-length", type=int, default=64, help="CA pair length; DE passages use it too")
+    a("--query_max_length", "--query-max-length", type=int, default=32)
+    a("--max_train_queries", "--max-train-queries", type=int, default=400, help="training queries (0 = all)")
+    a("--max_eval_queries", "--max-eval-queries", type=int, default=200, help="queries of each eval split (0 = all)")
+    a("--eval_depth", "--eval-depth", type=int, default=30, help="candidates per query to re-rank")
+    a("--negative_window", "--negative-window", default="0,30", help="rank window lo,hi of the BM25 candidates negatives come from")
+    a("--train_subset", "--train-subset", type=int, default=100, help="training queries evaluated each epoch (overfitting gap)")
+    a("--refresh_every", "--refresh-every", type=int, default=0,
       help="students re-mine their negatives with themselves every N epochs (ANCE-style); 0 = BM25 negatives")
-    a("--denoise-margin", type=float, default=None,
+    a("--denoise_margin", "--denoise-margin", type=float, default=None,
       help="students drop mined negatives the teacher scores within this margin of the positive (RocketQA)")
-    a("--capacity-dims", type=_capacity_dims, default="4,8,16,32,64",
+    a("--capacity_dims", "--capacity-dims", type=_capacity_dims, default="4,8,16,32,64",
       help="embedding sizes for the capacity probe ('' to skip)")
     a("--accelerator", default="auto")
     a("--devices", default="1")
     a("--precision", default="auto",
       help="'auto': bf16-mixed where the CPU / GPU has native bf16, else 32-true; or any Lightning precision")
-    a("--num-workers", type=int, default=0)
+    a("--num_workers", "--num-workers", type=int, default=0)
     a("--seed", type=int, default=0)
     a("--wandb", action="store_true", help="log to W&B (offline when no key / network)")
     return p
@@ -170,7 +175,7 @@ def _fit_and_test(args, name: str, model, dm, root: Path, epochs: int, val_every
 
 
 def _test_only(args, model, dm, root: Path, ckpt: str) -> dict[str, dict[str, float]]:
-    """Test an existing checkpoint (``--teacher-checkpoint``): the teacher row without training it."""
+    """Test an existing checkpoint (``--teacher_checkpoint``): the teacher row without training it."""
     evaluator = _evaluator(root)
     trainer = _trainer(args, root, 1, [evaluator], monitor=False)
     trainer.test(model, datamodule=dm, ckpt_path=ckpt, verbose=False)
@@ -283,7 +288,7 @@ def run(args) -> dict[str, Any]:
 
     # 1. teacher (trained here, or an earlier run's checkpoint)
     if args.teacher_checkpoint and not Path(args.teacher_checkpoint).is_file():
-        raise FileNotFoundError(f"--teacher-checkpoint {args.teacher_checkpoint}: no such file (a CrossAttentionRanker "
+        raise FileNotFoundError(f"--teacher_checkpoint {args.teacher_checkpoint}: no such file (a CrossAttentionRanker "
                                 "checkpoint, e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier reproduce run)")
     pl.seed_everything(args.seed, workers=True)
     dm = _datamodule(args, num_negatives=args.teacher_num_negatives)
@@ -319,7 +324,8 @@ def run(args) -> dict[str, Any]:
         teacher_data = {}
     students = [("DE labels", dict(label_weight=1.0, distillation_loss=None), dict(mining))]
     for loss in losses:
-        students.append((f"DE {loss}", dict(label_weight=args.label_weight, distillation_loss=loss),
+        students.append((f"DE {loss}", dict(label_weight=args.label_weight, distillation_loss=loss,
+                                             distillation_temperature=args.distillation_temperature),
                          {**mining, **teacher_data}))
     for name, model_kw, dm_kw in students:
         pl.seed_everything(args.seed, workers=True)
@@ -368,7 +374,7 @@ def run(args) -> dict[str, Any]:
             f"test split '{args.test_split}'. Re-rank rows score the same candidates (top-{args.eval_depth}); "
             f"gap closed = (DE_distill − DE_labels) / (CA − DE_labels) on re-rank MRR@10. Total time {elapsed:.0f}s.\n")
     (out / "paper_table.md").write_text(table + "\n" + note)
-    payload = {"rows": rows, "seconds": elapsed, "args": vars(args), "significance": significance,
+    payload = {"rows": rows, "seconds": elapsed, "args": args.as_dict() if hasattr(args, "as_dict") else vars(args), "significance": significance,
                "machine": machine_line(),
                "overfitting_gap": {k: v.get("gap/rerank") for k, v in results.items()},
                "fit_seconds": {k: v["_meta"]["fit_seconds"] for k, v in results.items()}}

@@ -17,7 +17,6 @@ embeddings), as in the retrieval-eval callback; pair scores in ``rerank`` are th
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -226,15 +225,15 @@ def rerank_run(
 
 
 # ----------------------------------------------------------------------------- commands
-def _add_data_args(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--data.dataset", dest="dataset", required=required,
+def _add_data_args(parser, required: bool) -> None:
+    parser.add_argument("--data.dataset", required=required,
                         help="BEIR / MS MARCO directory, Hugging Face dataset name, or 'embedded'")
-    parser.add_argument("--data.embedded_scale", dest="embedded_scale", type=float, default=1.0,
+    parser.add_argument("--data.embedded_scale", type=float, default=1.0,
                         help="size multiplier of the embedded default (as in the configs)")
-    parser.add_argument("--data.cache_dir", dest="cache_dir", default=None, help="Arrow cache (default $RANKERS_HOME/cache)")
+    parser.add_argument("--data.cache_dir", default=None, help="Arrow cache (default $RANKERS_HOME/cache)")
 
 
-def _add_model_args(parser: argparse.ArgumentParser, required: bool, help: str) -> None:
+def _add_model_args(parser, required: bool, help: str) -> None:
     parser.add_argument("--ckpt_path", required=required, help=help)
     parser.add_argument("--batch_size", type=int, default=None, help="texts (or pairs) per model batch")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -256,8 +255,9 @@ def load_model_on(path: str, device: str | None = None):
 
 def index_main(argv: list[str] | None = None):
     """``python -m rankers index --ckpt_path CKPT_OR_EXPORT --data.dataset DATA --output INDEX_DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m rankers index",
-                                     description="Encode a corpus with a dual encoder into a saved dense index (resumable).")
+    from rankers.commands.parsing import command_parser
+
+    parser = command_parser("index", "Encode a corpus with a dual encoder into a saved dense index (resumable).")
     _add_model_args(parser, True, "DualEncoderRanker checkpoint or exported directory")
     _add_data_args(parser, required=True)
     parser.add_argument("--output", required=True, help="index directory")
@@ -278,8 +278,8 @@ def index_main(argv: list[str] | None = None):
     if (output / INDEX_META).exists():
         raise ValueError(f"{output / INDEX_META}: an index is already built there; pass --overwrite to rebuild it")
     model = load_model_on(args.ckpt_path, args.device)
-    data = load_data(args.dataset, embedded_scale=args.embedded_scale, cache_dir=args.cache_dir)
-    meta = {"dataset": args.dataset, "embedded_scale": args.embedded_scale, "cache_dir": args.cache_dir}
+    data = load_data(args.data.dataset, embedded_scale=args.data.embedded_scale, cache_dir=args.data.cache_dir)
+    meta = {"dataset": args.data.dataset, "embedded_scale": args.data.embedded_scale, "cache_dir": args.data.cache_dir}
     return build_index(model, data.corpus, output, batch_size=args.batch_size or 256, chunk_size=args.chunk_size,
                        index_type=args.index_type, backend=args.backend, fp16=args.fp16,
                        source=str(Path(args.ckpt_path).resolve()), fingerprint=data.fingerprint(), meta=meta,
@@ -291,8 +291,9 @@ def search_main(argv: list[str] | None = None) -> Run:
     from datamodules.formats import write_run
     from rankers.retrieval.search import DenseIndex
 
-    parser = argparse.ArgumentParser(prog="python -m rankers search",
-                                     description="Search a saved index with queries; write a TREC run.")
+    from rankers.commands.parsing import command_parser
+
+    parser = command_parser("search", "Search a saved index with queries; write a TREC run.")
     parser.add_argument("--index", required=True, help="directory written by `python -m rankers index`")
     parser.add_argument("--queries", default=None,
                         help="queries.jsonl (BEIR), queries .tsv (MS MARCO) or a dataset (directory, hub name, "
@@ -301,7 +302,7 @@ def search_main(argv: list[str] | None = None) -> Run:
     parser.add_argument("--output", required=True, help="TREC run file to write")
     parser.add_argument("--depth", type=int, default=1000, help="passages per query")
     parser.add_argument("--backend", choices=("auto", "faiss-cpu", "faiss-gpu", "torch"), default="auto")
-    parser.add_argument("--data.embedded_scale", dest="embedded_scale", type=float, default=1.0,
+    parser.add_argument("--data.embedded_scale", type=float, default=1.0,
                         help="with another --queries dataset than the index's, 'embedded': its size multiplier")
     _add_model_args(parser, False, "model to encode queries with (default: the one the index was built with)")
     args = parser.parse_args(argv)
@@ -312,7 +313,7 @@ def search_main(argv: list[str] | None = None) -> Run:
     if Path(source).is_file():
         queries = load_queries_file(source, cache_dir=_arrow_cache(meta.get("cache_dir")))
     else:
-        scale = meta.get("embedded_scale", 1.0) if source == meta.get("dataset") else args.embedded_scale
+        scale = meta.get("embedded_scale", 1.0) if source == meta.get("dataset") else args.data.embedded_scale
         data = load_data(source, embedded_scale=scale, cache_dir=meta.get("cache_dir"))
         queries = data.split_queries(args.split) if args.split else data.queries
         qrels = data.qrels[args.split] if args.split else None
@@ -337,8 +338,9 @@ def rerank_main(argv: list[str] | None = None) -> Run:
     """``python -m rankers rerank --ckpt_path CKPT --run RUN --data.dataset DATA --output RUN_OUT``."""
     from datamodules.formats import check_run_ids, read_run, write_run
 
-    parser = argparse.ArgumentParser(prog="python -m rankers rerank",
-                                     description="Re-rank a TREC run with a cross-attention (or dual-encoder) ranker.")
+    from rankers.commands.parsing import command_parser
+
+    parser = command_parser("rerank", "Re-rank a TREC run with a cross-attention (or dual-encoder) ranker.")
     _add_model_args(parser, True, "CrossAttentionRanker / DualEncoderRanker checkpoint or exported directory")
     _add_data_args(parser, required=True)
     parser.add_argument("--run", required=True, help="TREC run of candidates")
@@ -346,7 +348,7 @@ def rerank_main(argv: list[str] | None = None) -> Run:
     parser.add_argument("--depth", type=int, default=100, help="candidates re-ranked per query (the rest are dropped)")
     parser.add_argument("--split", default=None, help="log metrics against this split's qrels")
     args = parser.parse_args(argv)
-    data = load_data(args.dataset, embedded_scale=args.embedded_scale, cache_dir=args.cache_dir)
+    data = load_data(args.data.dataset, embedded_scale=args.data.embedded_scale, cache_dir=args.data.cache_dir)
     run = read_run(args.run)
     query_rows, passage_rows = data.query_index(), data.corpus_index()
     check_run_ids(run, query_rows, passage_rows, path=args.run)

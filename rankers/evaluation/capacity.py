@@ -31,7 +31,7 @@ Methods:
 Metrics per (method, k): MRR@10 of the fitted scores against labels — the teacher's top-1 candidate per
 query, or ``--qrels`` when given (then a ``teacher`` row gives the ceiling) —, mean Kendall τ-b and
 top-1 agreement with the teacher (:mod:`rankers.evaluation.diagnostics`). Outputs: a markdown table on stdout,
-``capacity.json``, ``capacity.md`` and ``capacity.png`` in ``--output-dir``.
+``capacity.json``, ``capacity.md`` and ``capacity.png`` in ``--output_dir``.
 """
 from __future__ import annotations
 

@@ -1,0 +1,25 @@
+"""The one argument parser of rankers' pipeline commands: jsonargparse, as LightningCLI uses.
+
+Every command (``reproduce``, ``capacity``, ``mine``, ``index``, ``search``, ``rerank``, ``export``)
+builds its parser here, so they share one flag style (``--output_dir``, as LightningCLI's
+``--ckpt_path`` / ``--data.max_train_queries``; the dashed spelling is kept as an alias), typed and
+checked values, ``--help`` with defaults, and ``--config FILE.yaml`` / ``--print_config``: a command's
+options can live in a YAML file like the training configs.
+"""
+from __future__ import annotations
+
+import argparse
+
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
+
+
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help (types, defaults) with the module docstring kept as written."""
+
+
+def command_parser(command: str, description: str | None) -> ArgumentParser:
+    """A parser for ``python -m rankers COMMAND`` with ``--config`` (YAML) and ``--print_config``."""
+    parser = ArgumentParser(prog=f"python -m rankers {command}", description=description,
+                            formatter_class=_HelpFormatter, exit_on_error=True)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
+    return parser
