@@ -79,7 +79,9 @@ def build_parser():
     a("--max_length", "--max-length", type=int, default=64, help="CA pair length; DE passages use it too")
     a("--query_max_length", "--query-max-length", type=int, default=32)
     a("--max_train_queries", "--max-train-queries", type=int, default=400, help="training queries (0 = all)")
-    a("--max_eval_queries", "--max-eval-queries", type=int, default=200, help="queries of each eval split (0 = all)")
+    a("--max_eval_queries", "--max-eval-queries", type=int, default=0,
+      help="queries of each eval split (0 = all: the embedded default's 200 dev and 300 test queries; a sample "
+           "of them adds which-queries noise of the size of the effects measured, see bench/RESULTS.md §4)")
     a("--eval_depth", "--eval-depth", type=int, default=30, help="candidates per query to re-rank")
     a("--negative_window", "--negative-window", default="0,30", help="rank window lo,hi of the BM25 candidates negatives come from")
     a("--train_subset", "--train-subset", type=int, default=100, help="training queries evaluated each epoch (overfitting gap)")
