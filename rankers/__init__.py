@@ -15,6 +15,7 @@ _EXPORTS = {
     "RankerModule": "rankers.models.module",
     "load_checkpoint": "rankers.models.checkpoints",
     "WandbLogger": "rankers.loggers",
+    "CSVLogger": "rankers.loggers",
 }
 
 __all__ = sorted(_EXPORTS)

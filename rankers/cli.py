@@ -18,7 +18,7 @@ PIPELINE_COMMANDS = {
     "reproduce": ("rankers.commands.reproduce:main", "CA teacher → teacher scores → DE on labels and distilled DEs → paper table"),
     "mine": ("rankers.commands.mine:main", "mine hard negatives (BM25 or dense) [+ teacher scores] into cached run files"),
     "capacity": ("rankers.commands.capacity:main", "fit DE embeddings of size k to a teacher score matrix, per k"),
-    "export": ("rankers.export:main", "export a checkpoint as a Hugging Face / sentence-transformers directory"),
+    "export": ("rankers.commands.export:main", "export a checkpoint as a Hugging Face / sentence-transformers directory"),
     "index": ("rankers.commands.serve:index_main", "encode a corpus with a DE into a saved dense index"),
     "search": ("rankers.commands.serve:search_main", "search a saved index with queries, write a TREC run"),
     "rerank": ("rankers.commands.serve:rerank_main", "re-rank a TREC run with a CA (or DE) checkpoint"),
@@ -49,6 +49,9 @@ def lightning_cli(args=None, run: bool = True):
             # the DataModule imports no model code: it is handed the one checkpoint loader
             parser.set_defaults({"data.model_loader": load_checkpoint})
 
+        def before_instantiate_classes(self) -> None:
+            link_run_dir(self.config[self.subcommand] if self.subcommand else self.config)
+
     extra = "\n".join(f"  {name:<10} {desc}" for name, (_, desc) in PIPELINE_COMMANDS.items())
     return RankersCLI(
         RankerModule,
@@ -60,6 +63,25 @@ def lightning_cli(args=None, run: bool = True):
         parser_kwargs={"description": "rankers: CA teacher → DE student distillation.\n"
                        f"Pipeline commands (python -m rankers COMMAND --help):\n{extra}"},
     )
+
+
+def link_run_dir(config) -> None:
+    """The run directory is named once, ``trainer.default_root_dir``: a logger without a ``save_dir``
+    (``None``, or W&B's ``"."`` default, the working directory) writes there. The callbacks' paths default to
+    the trainer's log dir, which is the first logger's directory (the configs list a CSV logger with empty
+    name and version first), so ``--trainer.default_root_dir`` moves the whole run."""
+    trainer = config.get("trainer")
+    root = trainer.get("default_root_dir") if trainer is not None else None
+    loggers = trainer.get("logger") if trainer is not None else None
+    if root is None or not isinstance(loggers, list):
+        return
+    for logger in loggers:
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        if init_args is None:
+            continue
+        save_dir = init_args.get("save_dir")
+        if save_dir is None or (save_dir == "." and "Wandb" in str(logger.get("class_path", ""))):
+            init_args["save_dir"] = root
 
 
 def check_config_files(argv: list[str]) -> None:

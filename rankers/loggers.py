@@ -1,4 +1,5 @@
-"""A Weights & Biases logger that never blocks, prompts or crashes when W&B cannot be reached.
+"""rankers' loggers: a Weights & Biases logger that never blocks, prompts or crashes when W&B cannot be
+reached, and a CSV logger that writes into the run directory (:class:`CSVLogger`).
 
 Lightning's ``WandbLogger`` with wandb 0.31: no API key and no ``WANDB_MODE`` → ``wandb.init`` raises
 at once; a key but no network → it hangs about 100 s, then fails. This subclass decides up front:
@@ -19,6 +20,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 
 log = logging.getLogger(__name__)
@@ -86,3 +88,16 @@ class WandbLogger(_LightningWandbLogger):
         if kwargs["settings"] is None:
             kwargs.pop("settings")
         super().__init__(*args, offline=offline, **kwargs)
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's CSV logger writing ``metrics.csv`` straight into the run directory.
+
+    ``save_dir=None`` is the run directory: the rankers CLI fills it in with ``trainer.default_root_dir``
+    (:func:`rankers.cli.link_run_dir`), so a config names that directory once; built in Python without it,
+    it is the working directory. ``name`` and ``version`` default to ``""`` (no ``lightning_logs/version_N``
+    levels), so this logger's directory -- the trainer's log dir when it is listed first -- is the run directory.
+    """
+
+    def __init__(self, save_dir: str | None = None, name: str = "", version: int | str | None = "", **kwargs) -> None:
+        super().__init__(save_dir if save_dir is not None else ".", name=name, version=version, **kwargs)

@@ -45,3 +45,26 @@ def test_configs_default_to_minilm_and_the_smoke_overlay_to_tiny(config, capsys)
     assert _printed_backbone([config], capsys) == "minilm"
     assert _printed_backbone([config, "overlays/cpu_smoke.yaml"], capsys) == "tiny"
     assert _printed_backbone([config, "overlays/cpu_smoke.yaml", "overlays/minilm.yaml"], capsys) == "minilm"
+
+
+@pytest.mark.parametrize("config", ["ca_teacher.yaml", "de_baseline.yaml", "de_distill.yaml"])
+def test_the_run_directory_is_named_once(config, tmp_path):
+    """--trainer.default_root_dir moves the loggers (and with them the callbacks' runs, plots, checkpoints)."""
+    from rankers.cli import lightning_cli
+
+    cli = lightning_cli(["--config", str(CONFIGS / config), "--trainer.default_root_dir", str(tmp_path),
+                         "--model.init_args.backbone", "tiny"], run=False)
+    trainer = cli.trainer
+    assert [str(logger.save_dir) for logger in trainer.loggers] == [str(tmp_path)] * 2
+    assert Path(trainer.log_dir) == tmp_path  # what RetrievalEvaluator, ScoreDiagnostics and ModelCheckpoint default to
+    kinds = [type(cb).__name__ for cb in trainer.callbacks]
+    assert "RetrievalEvaluator" in kinds and "ModelCheckpoint" in kinds
+    assert ("TeacherScoreWriter" in kinds) == (config == "ca_teacher.yaml")
+
+
+def test_the_refresh_callbacks_file_swaps_in_the_negative_refresh(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "de_baseline.yaml"), "--trainer.callbacks",
+              str(CONFIGS / "callbacks" / "student_refresh.yaml"), "--print_config"])
+    printed = capsys.readouterr().out
+    assert "callbacks.NegativeRefresh" in printed and "callbacks.RetrievalEvaluator" not in printed
