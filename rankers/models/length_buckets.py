@@ -21,19 +21,21 @@ def forward_by_length(forward: Callable[[dict[str, torch.Tensor]], torch.Tensor]
                       num_buckets: int) -> torch.Tensor:
     """``forward(inputs)`` computed per length bucket: rows sorted by length into ``num_buckets`` groups,
     each cut to its longest row; the per-row outputs (first dimension) come back in the input order."""
-    mask = inputs["attention_mask"]
-    rows = mask.shape[0]
-    if num_buckets <= 1 or rows < 2 * num_buckets or not _right_padded(mask):
+    rows = inputs["attention_mask"].shape[0]
+    if num_buckets <= 1 or rows < 2 * num_buckets:
         return forward(inputs)
+    mask = inputs["attention_mask"].detach().cpu()  # the bucketing decisions: one device transfer, no per-bucket syncs
     lengths = mask.sum(dim=-1)
-    if int(lengths.min()) == mask.shape[1]:  # nothing to trim
+    if not _right_padded(mask) or int(lengths.min()) == mask.shape[1]:  # left padding, or nothing to trim
         return forward(inputs)
     order = torch.argsort(lengths, stable=True)
+    device = inputs["attention_mask"].device
     outputs = []
     for group in order.chunk(num_buckets):
         width = int(lengths[group].max())
-        outputs.append(forward({k: v[group, :width] for k, v in inputs.items()}))
-    return torch.cat(outputs)[torch.argsort(order)]
+        index = group.to(device)
+        outputs.append(forward({k: v[index, :width] for k, v in inputs.items()}))
+    return torch.cat(outputs)[torch.argsort(order).to(device)]
 
 
 def _right_padded(mask: torch.Tensor) -> bool:
