@@ -1,4 +1,4 @@
-from rankers.cli import main
+from rankers.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

@@ -8,6 +8,7 @@ constructor argument is a flag (``--model.backbone``, ``--data.dataset``, ...) a
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import os
@@ -41,6 +42,7 @@ def lightning_cli(args=None, run: bool = True):
     from lightning.pytorch.cli import LightningCLI
 
     from datamodules.datamodule import RankingDataModule
+    from rankers.commands.console import progress_enabled
     from rankers.models.checkpoints import load_checkpoint
     from rankers.models.module import RankerModule
 
@@ -48,11 +50,12 @@ def lightning_cli(args=None, run: bool = True):
         def add_arguments_to_parser(self, parser) -> None:
             # the DataModule imports no model code: it is handed the one checkpoint loader
             parser.set_defaults({"data.model_loader": load_checkpoint})
+            # progress bars on a terminal only: a piped log gets no carriage-return spam
+            parser.set_defaults({"trainer.enable_progress_bar": progress_enabled()})
 
         def before_instantiate_classes(self) -> None:
             link_run_dir(self.config[self.subcommand] if self.subcommand else self.config)
 
-    extra = "\n".join(f"  {name:<10} {desc}" for name, (_, desc) in PIPELINE_COMMANDS.items())
     return RankersCLI(
         RankerModule,
         RankingDataModule,
@@ -60,8 +63,9 @@ def lightning_cli(args=None, run: bool = True):
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
-        parser_kwargs={"description": "rankers: CA teacher → DE student distillation.\n"
-                       f"Pipeline commands (python -m rankers COMMAND --help):\n{extra}"},
+        # a parse error is raised, and main() prints it as one `rankers: error:` line
+        parser_kwargs={"description": "rankers: CA teacher → DE student distillation (LightningCLI).",
+                       "exit_on_error": False},
     )
 
 
@@ -85,7 +89,7 @@ def link_run_dir(config) -> None:
 
 
 def check_config_files(argv: list[str]) -> None:
-    """Exit with ``FILE:LINE: invalid YAML: ...`` for a ``--config`` file that is not valid YAML
+    """Raise ``FILE:LINE: invalid YAML: ...`` for a ``--config`` file that is not valid YAML
     (jsonargparse reports the line of ``<unicode string>``, not which of the stacked files it is)."""
     import yaml
 
@@ -100,17 +104,90 @@ def check_config_files(argv: list[str]) -> None:
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark is not None else path
-            print(f"error: {where}: invalid YAML: {getattr(err, 'problem', None) or err}", file=sys.stderr)
-            raise SystemExit(2) from None
+            raise argparse.ArgumentError(None, f"{where}: invalid YAML: {getattr(err, 'problem', None) or err}") from None
 
 
-def main(argv: list[str] | None = None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    setup_logging()
-    check_config_files(argv)
-    if argv and argv[0] in {"fit", "validate", "test", "predict"} and not any(a.startswith("--weights_only") for a in argv):
-        argv += ["--weights_only", "true"]  # never unpickle code from a checkpoint (URLs default to False in Lightning)
+TRAINING_COMMANDS = {
+    "fit": "train a model (LightningCLI): --config configs/de_distill.yaml",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the test split",
+    "predict": "score every training query's candidates with a CA checkpoint (the teacher-score file)",
+}
+SERVING_COMMANDS = ("index", "search", "rerank")
+
+
+def prog_name() -> str:
+    """``rankers`` for the console script, ``python -m rankers`` for the module (what the person typed)."""
+    return "python -m rankers" if os.path.basename(sys.argv[0] or "") == "__main__.py" else "rankers"
+
+
+def top_level_help(prog: str) -> str:
+    """The top-level ``--help``: every subcommand on one line, grouped; needs no torch or Lightning."""
+    from rankers import __version__
+
+    def block(title: str, items) -> list[str]:
+        return [f"{title}:", *(f"  {name:<10} {desc}" for name, desc in items), ""]
+
+    pipeline = [(n, d) for n, (_, d) in PIPELINE_COMMANDS.items() if n not in SERVING_COMMANDS]
+    serving = [(n, PIPELINE_COMMANDS[n][1]) for n in SERVING_COMMANDS]
+    lines = [f"usage: {prog} COMMAND [options]      ({prog} COMMAND --help for a command's options)", "",
+             f"rankers {__version__}: train a cross-attention teacher and distill it into a dual-encoder retriever",
+             "(Menon et al., ICML 2022).", "",
+             *block("training stages (LightningCLI; --config files stack, every constructor argument is a flag)",
+                    TRAINING_COMMANDS.items()),
+             *block("pipeline commands", pipeline),
+             *block("serving", serving),
+             "options:", "  -h, --help  show this message", "  --version   print the version",
+             "  --traceback show the full traceback of an anticipated error (or RANKERS_TRACEBACK=1)", "",
+             "examples:", f"  {prog} reproduce --output_dir runs/demo",
+             f"  {prog} fit --config configs/de_distill.yaml --trainer.max_epochs 2"]
+    return "\n".join(lines)
+
+
+def _dispatch(argv: list[str], prog: str):
     if argv and argv[0] in PIPELINE_COMMANDS:
         module_name, func = PIPELINE_COMMANDS[argv[0]][0].split(":")
         return getattr(importlib.import_module(module_name), func)(argv[1:])
-    return lightning_cli(argv)
+    check_config_files(argv)
+    if argv and argv[0] in TRAINING_COMMANDS and not any(a.startswith("--weights_only") for a in argv):
+        argv += ["--weights_only", "true"]  # never unpickle code from a checkpoint (URLs default to False in Lightning)
+    # LightningCLI reads sys.argv itself (passing args= makes it warn that it is meant for use from Python)
+    saved, sys.argv = sys.argv, [prog, *argv]
+    try:
+        return lightning_cli(None)
+    finally:
+        sys.argv = saved
+
+
+def main(argv: list[str] | None = None):
+    """Run a command and return what it returns; errors propagate (for Python callers and tests). The
+    terminal entry point is :func:`entry`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = prog_name()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(top_level_help(prog))
+        return None
+    if argv[0] == "--version":
+        from rankers import __version__
+
+        print(f"rankers {__version__}")
+        return None
+    if argv[0] not in PIPELINE_COMMANDS and argv[0] not in TRAINING_COMMANDS:
+        known = ", ".join([*TRAINING_COMMANDS, *PIPELINE_COMMANDS])
+        raise argparse.ArgumentError(None, f"unknown command {argv[0]!r} (choose from {known}; "
+                                           f"{prog} --help lists them)")
+    setup_logging()
+    from rankers.commands.console import silence_known_noise
+
+    silence_known_noise()
+    return _dispatch(argv, prog)
+
+
+def entry(argv: list[str] | None = None) -> None:
+    """``rankers`` / ``python -m rankers``: :func:`main`, with every anticipated failure ending the process
+    as one ``rankers: error: ...`` line (exit 2; 1 for a failure during training) and ``--traceback`` /
+    ``RANKERS_TRACEBACK=1`` to see the traceback instead (:mod:`rankers.commands.console`)."""
+    from rankers.commands.console import report_errors, wants_traceback
+
+    show_traceback, argv = wants_traceback(list(sys.argv[1:] if argv is None else argv))
+    report_errors(lambda: main(argv), show_traceback=show_traceback)

@@ -287,16 +287,19 @@ def test_hub_schema_without_qrels_directory(tmp_path):
 
 
 def _cli_error(tmp_path: Path, monkeypatch, capsys, config: str) -> str:
-    """stderr of ``rankers fit`` with a valid base config plus ``bad.yaml`` holding ``config``; it must exit 2."""
-    from rankers.cli import main
+    """stderr of ``rankers fit`` with a valid base config plus ``bad.yaml`` holding ``config``; it must exit 2
+    with the error as the one ``rankers: error:`` line (the terminal entry point, :func:`rankers.cli.entry`)."""
+    from rankers.cli import entry
 
     shutil.copytree(Path(__file__).resolve().parents[1] / "configs", tmp_path / "configs")
     (tmp_path / "bad.yaml").write_text(config)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
-        main(["fit", "--config", "configs/de_baseline.yaml", "--config", "bad.yaml"])
+        entry(["fit", "--config", "configs/de_baseline.yaml", "--config", "bad.yaml"])
     assert info.value.code == 2
-    return capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("rankers: error: ") and "Traceback" not in err, err
+    return err
 
 
 def test_config_unknown_key_names_the_key(tmp_path, monkeypatch, capsys):

@@ -111,9 +111,11 @@ def test_command_writes_table_json_and_plot(tmp_path, capsys):
 
 
 def test_bad_input_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentError, match="expected comma-separated positive integers, got '8,zero'"):
         main(["--teacher-scores", "x.trec", "--dims", "8,zero"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(argparse.ArgumentError, match="pca"):
         main(["--teacher-scores", "x.trec", "--method", "pca"])
     with pytest.raises(FileNotFoundError, match="rankers predict"):
         main(["--teacher-scores", str(tmp_path / "missing.trec")])

@@ -24,13 +24,11 @@ from pathlib import Path
 
 
 def build_parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
     from datamodules.datamodule import RankingDataModule
+    from rankers.commands.parsing import command_parser
     from rankers.models.checkpoints import load_checkpoint
 
-    parser = ArgumentParser(prog="python -m rankers mine", description=__doc__)
-    parser.add_argument("--config", action=ActionConfigFile)
+    parser = command_parser("mine", __doc__)
     parser.add_class_arguments(RankingDataModule, "data")
     parser.set_defaults({"data.model_loader": load_checkpoint})  # the DataModule imports no model code
     parser.add_argument("--output", type=str, required=True, help="directory for negatives.trec etc.")

@@ -3,7 +3,8 @@
 Every command (``reproduce``, ``capacity``, ``mine``, ``index``, ``search``, ``rerank``, ``export``)
 builds its parser here, so they share one flag style (``--output_dir``, as LightningCLI's
 ``--ckpt_path`` / ``--data.max_train_queries``; the dashed spelling is kept as an alias), typed and
-checked values, ``--help`` with defaults, and ``--config FILE.yaml`` / ``--print_config``: a command's
+checked values, ``--help`` with defaults, parse errors raised (``rankers.cli.main`` prints them as one
+``rankers: error:`` line), and ``--config FILE.yaml`` / ``--print_config``: a command's
 options can live in a YAML file like the training configs.
 """
 from __future__ import annotations
@@ -19,7 +20,9 @@ class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter)
 
 def command_parser(command: str, description: str | None) -> ArgumentParser:
     """A parser for ``python -m rankers COMMAND`` with ``--config`` (YAML) and ``--print_config``."""
-    parser = ArgumentParser(prog=f"python -m rankers {command}", description=description,
-                            formatter_class=_HelpFormatter, exit_on_error=True)
+    from rankers.cli import prog_name
+
+    parser = ArgumentParser(prog=f"{prog_name()} {command}", description=description,
+                            formatter_class=_HelpFormatter, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     return parser

@@ -114,13 +114,14 @@ def _trainer(args, root: Path, epochs: int, callbacks: list, monitor: bool = Tru
     if monitor:
         callbacks = [*callbacks, ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/rerank/mrr@10",
                                                  mode="max", save_last=True, filename="best")]
+    from rankers.commands.console import progress_enabled
     from rankers.precision import resolve_precision
 
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     return pl.Trainer(
         default_root_dir=root, max_epochs=epochs, accelerator=args.accelerator, devices=devices,
         precision=resolve_precision(args.precision, args.accelerator), logger=loggers, callbacks=callbacks, reload_dataloaders_every_n_epochs=1,
-        num_sanity_val_steps=0, log_every_n_steps=10, enable_model_summary=False, check_val_every_n_epoch=val_every,
+        num_sanity_val_steps=0, log_every_n_steps=10, enable_progress_bar=progress_enabled(), enable_model_summary=False, check_val_every_n_epoch=val_every,
         deterministic=False,
     )
 

@@ -90,7 +90,7 @@ def encode_texts(
     out: torch.Tensor | None = None
     device = model.device
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc or f"encode {side}s", disable=not progress, leave=False):
+    for start in tqdm(starts, desc=desc or f"encode {side}s", disable=None if progress else True, leave=False):  # disable=None: a terminal only
         idx = order[start : start + batch_size]
         inputs = model.tokenize(read(idx.tolist()), side)
         emb = encode({k: v.to(device, non_blocking=True) for k, v in inputs.items()}).to("cpu", dtype)
@@ -161,7 +161,7 @@ def encode_in_chunks(
                                 "dtype": str(dtype).removeprefix("torch.")})
     num_chunks = -(-n // chunk_size)
     paths = []
-    for chunk in tqdm(range(num_chunks), desc=f"encode {side} chunks", disable=not progress):
+    for chunk in tqdm(range(num_chunks), desc=f"encode {side} chunks", disable=None if progress else True):
         path, start = _chunk_path(directory, chunk), chunk * chunk_size
         rows = min(chunk_size, n - start)
         if path.exists():
