@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from .compression import COMPRESSED_SUFFIXES, is_archive, logical_name
 from .errors import DataFormatError
 from .hub import hub_configs, load_hub_data
 from .retrieval_data import RetrievalData
@@ -13,7 +14,7 @@ from .trec import Run, check_qrels_ids, check_run_ids, read_qrels, read_run, rea
 __all__ = ["load_retrieval_data", "EXPECTED_LAYOUTS"]
 
 EXPECTED_LAYOUTS = (
-    "BEIR: corpus.jsonl, queries.jsonl, qrels/{split}.tsv [, candidates_{split}.run]; "
+    "BEIR: corpus.jsonl, queries.jsonl, qrels/{split}.tsv [, candidates_{split}.run] (each may be .gz/.bz2/.xz/.zst); "
     "MS MARCO: collection.tsv, queries.{split}.tsv, qrels.{split}.tsv "
     "[, run.{split}.trec | candidates_{split}.run | top1000.{split}]; "
     "Hugging Face BEIR schema: README.md with YAML 'configs:' for 'corpus' and 'queries', "
@@ -37,10 +38,10 @@ def load_retrieval_data(dataset: str | Path, *, cache_dir: str | Path | None = N
     if not path.exists():
         return load_hub_data(str(dataset), cache_dir=cache_dir)
     if path.is_dir():
-        beir = (path / "corpus.jsonl").is_file()
+        beir = _find(path, "corpus.jsonl") is not None
         if beir and (path / "qrels").is_dir():
             return _load_beir(path, cache_dir)
-        if (path / "collection.tsv").is_file():
+        if _find(path, "collection.tsv") is not None:
             return _load_msmarco(path, cache_dir)
         if {"corpus", "queries"} <= hub_configs(path):  # e.g. a local copy of BeIR/scifact
             return load_hub_data(str(path), cache_dir=cache_dir)
@@ -50,24 +51,36 @@ def load_retrieval_data(dataset: str | Path, *, cache_dir: str | Path | None = N
     raise DataFormatError(path, None, None, f"unrecognised dataset layout (found: {found or 'nothing'}); expected one of: {EXPECTED_LAYOUTS}")
 
 
-def _require(path: Path) -> Path:
-    if not path.is_file():
-        raise DataFormatError(path, None, None, f"missing file (expected layout: {EXPECTED_LAYOUTS})")
+def _require(root: Path, name: str) -> Path:
+    path = _find(root, name)
+    if path is None:
+        raise DataFormatError(root / name, None, None, f"missing file (expected layout: {EXPECTED_LAYOUTS})")
     return path
 
 
-_ARCHIVES = (".gz", ".tar", ".tgz", ".zip", ".bz2", ".xz", ".zst")
+def _find(root: Path, name: str) -> Path | None:
+    """``root/name`` or its compressed form (``name.gz``, ``.bz2``, ``.xz``, ``.zst``); two of them is an error."""
+    found = [root / f"{name}{suffix}" for suffix in ("", *COMPRESSED_SUFFIXES) if (root / f"{name}{suffix}").is_file()]
+    if len(found) > 1:
+        raise DataFormatError(found[1], None, None, f"both {found[0].name} and {found[1].name} exist; keep one")
+    return found[0] if found else None
 
 
 def _splits(files: Iterable[Path], prefix: str, suffix: str) -> dict[str, Path]:
-    """``{split: file}`` for files named ``{prefix}{split}{suffix}``, sorted by split (archives ignored)."""
-    found = {}
+    """``{split: file}`` for files named ``{prefix}{split}{suffix}``, optionally compressed (``.gz`` ...),
+    sorted by split; multi-file archives are ignored (e.g. MS MARCO's ``top1000.dev.tar.gz`` next to the
+    extracted ``top1000.dev``)."""
+    found: dict[str, Path] = {}
     for file in files:
-        name = file.name
-        if name.endswith(_ARCHIVES) or not file.is_file():
-            continue  # e.g. MS MARCO's top1000.dev.tar.gz next to the extracted top1000.dev
+        if is_archive(file.name) or not file.is_file():
+            continue
+        name = logical_name(file.name)
         if name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix) + len(suffix):
-            found[name[len(prefix):len(name) - len(suffix)]] = file
+            split = name[len(prefix):len(name) - len(suffix)]
+            if split in found:
+                raise DataFormatError(file, None, None, f"both {found[split].name} and {file.name} hold split "
+                                      f"{split!r}; keep one")
+            found[split] = file
     return dict(sorted(found.items()))
 
 
@@ -110,7 +123,7 @@ def _load_beir(root: Path, cache_dir: str | Path | None) -> RetrievalData:
     qrels_files = _splits(qrels_dir.iterdir(), "", ".tsv") if qrels_dir.is_dir() else {}
     candidates = {split: [p] for split, p in _splits(root.iterdir(), "candidates_", ".run").items()}
     return _assemble(
-        root, "beir", [root / "corpus.jsonl"], "beir_corpus", [_require(root / "queries.jsonl")], "beir_queries",
+        root, "beir", [_require(root, "corpus.jsonl")], "beir_corpus", [_require(root, "queries.jsonl")], "beir_queries",
         qrels_files, "beir", candidates, cache_dir,
     )
 
@@ -127,6 +140,6 @@ def _load_msmarco(root: Path, cache_dir: str | Path | None) -> RetrievalData:
                 continue  # already matched as top1000.{split}.tsv
             candidates.setdefault(split, []).append(path)
     return _assemble(
-        root, "msmarco", [root / "collection.tsv"], "msmarco_collection", query_files, "msmarco_queries",
+        root, "msmarco", [_require(root, "collection.tsv")], "msmarco_collection", query_files, "msmarco_queries",
         _splits(files, "qrels.", ".tsv"), "auto", candidates, cache_dir,
     )

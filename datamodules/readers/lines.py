@@ -1,4 +1,5 @@
-"""Streaming, strictly UTF-8 line reading with line numbers and byte progress."""
+"""Streaming, strictly UTF-8 line reading with line numbers and byte progress; compressed files
+(``.gz``, ``.bz2``, ``.xz``, ``.zst``) are decompressed on the fly (:mod:`.compression`)."""
 from __future__ import annotations
 
 import codecs
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from datasets.utils.tqdm import tqdm
 
+from .compression import STREAM_ERRORS, open_binary
 from .errors import DataFormatError
 
 __all__ = ["FieldLocator", "iter_lines", "column_locator", "json_key_locator", "PROGRESS_MIN_BYTES"]
@@ -32,10 +34,14 @@ def iter_lines(path: Path, *, locate_field: FieldLocator | None = None) -> Itera
     size = path.stat().st_size
     bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"Reading {path.name}") if size >= PROGRESS_MIN_BYTES else None
     try:
-        with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
+        with open_binary(path) as handle:
+            raw_file = getattr(handle, "fileobj", None) or getattr(handle, "_fp", None)  # compressed bytes read
+            done = 0
+            for number, raw in _numbered(handle, path):
                 if bar is not None:
-                    bar.update(len(raw))
+                    position = raw_file.tell() if raw_file is not None else done + len(raw)
+                    bar.update(position - done)
+                    done = position
                 if number == 1 and raw.startswith(codecs.BOM_UTF8):
                     raw = raw[len(codecs.BOM_UTF8):]
                 try:
@@ -52,6 +58,23 @@ def iter_lines(path: Path, *, locate_field: FieldLocator | None = None) -> Itera
     finally:
         if bar is not None:
             bar.close()
+
+
+def _numbered(handle, path: Path) -> Iterator[tuple[int, bytes]]:
+    """``enumerate(handle, 1)``, with a truncated or corrupt compressed stream reported at the line it broke."""
+    number = 0
+    lines = iter(handle)
+    while True:
+        try:
+            raw = next(lines)
+        except StopIteration:
+            return
+        except STREAM_ERRORS as err:
+            raise DataFormatError(path, number + 1, None,
+                                  f"truncated or corrupt compressed file ({type(err).__name__}: {err}); "
+                                  f"{number} complete lines were read before it") from None
+        number += 1
+        yield number, raw
 
 
 def column_locator(columns: Sequence[str], sep: bytes | None) -> FieldLocator:
