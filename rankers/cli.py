@@ -19,6 +19,7 @@ PIPELINE_COMMANDS = {
     "reproduce": ("rankers.commands.reproduce:main", "CA teacher → teacher scores → DE on labels and distilled DEs → paper table"),
     "mine": ("rankers.commands.mine:main", "mine hard negatives (BM25 or dense) [+ teacher scores] into cached run files"),
     "capacity": ("rankers.commands.capacity:main", "fit DE embeddings of size k to a teacher score matrix, per k"),
+    "compare": ("rankers.commands.compare:main", "paired significance tests between TREC runs (t-test / Wilcoxon / permutation, Holm)"),
     "export": ("rankers.commands.export:main", "export a checkpoint as a Hugging Face / sentence-transformers directory"),
     "index": ("rankers.commands.serve:index_main", "encode a corpus with a DE into a saved dense index"),
     "search": ("rankers.commands.serve:search_main", "search a saved index with queries, write a TREC run"),
