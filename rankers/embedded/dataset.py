@@ -60,9 +60,12 @@ BM25 top-50 negatives of training queries carry it too, in a scratch experiment 
 the random-init backbone, on a revision of this generator without spatial facts) every
 label-trained model ranked cued train passages first on test (test MRR@10 < 0.04 against
 0.14-0.40 on train). Pass ``spurious_cue=False`` for a clean dataset.
-Those numbers are from the tiny random-init backbone and the v2 generator; the cue has not been
-re-measured with MiniLM or with the sparse judgments of v3 (there it marks the one judged passage of
-each training query, not its unjudged copy). The DataModule and ``reproduce`` keep it off by default.
+Re-measured with MiniLM on this generator (v3, sparse judgments: the cue marks each training query's one
+judged passage, not its unjudged copy), ``reproduce --embedded_spurious_cue``, 2026-12-02, 2 cores: every
+label-trained model rides the shortcut — CA teacher train-subset MRR@10 0.66 vs test 0.06, DE on labels
+0.66 vs 0.17 — and the KL student inherits it from its teacher's scores (test 0.08), so the cue shows the
+overfitting and also derails the teacher the students learn from. The DataModule and ``reproduce`` keep it
+off by default.
 
 Length limits: queries have at most :data:`MAX_QUERY_WORDS` words and passages at most
 :data:`MAX_PASSAGE_WORDS` words, so a ``[CLS] q [SEP] p [SEP]`` pair fits in 64 word pieces.
