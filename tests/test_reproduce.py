@@ -49,6 +49,11 @@ def test_reproduce_tiny(tmp_path):
     assert m3se_test["mean"] == pytest.approx(m3se["mrr@10"]) and m3se_test["baseline_mean"] == pytest.approx(de)
     assert 0.0 <= m3se_test["p_value"] <= m3se_test["p_corrected"] <= 1.0
     assert "Machine:" in table
+    # the paper's three points, judged on this run's own numbers (criteria in rankers/evaluation/paper_points.py)
+    points = {p["point"]: p for p in saved["paper_points"]}
+    assert list(points) == ["capacity", "overfitting", "distillation"] and "The paper's three points" in table
+    assert points["capacity"]["shown"] in (True, False) and points["overfitting"]["shown"] in (True, False)
+    assert points["distillation"]["best"] in ("DE m3se", "DE kl")
     assert (out / "ca_teacher" / "teacher_scores.trec").exists()
     assert (out / "capacity" / "capacity.md").exists() and (out / "capacity" / "capacity.png").exists()
     assert list((out / "de_labels" / "plots").glob("scores_epoch*.png"))

@@ -288,6 +288,7 @@ def run(args) -> dict[str, Any]:
     losses = [x.strip() for x in args.losses.split(",") if x.strip()]
     started = time.perf_counter()
     results: dict[str, Any] = {}
+    capacity_rows: list[dict] = []
 
     # 1. teacher (trained here, or an earlier run's checkpoint)
     if args.teacher_checkpoint and not Path(args.teacher_checkpoint).is_file():
@@ -314,7 +315,8 @@ def run(args) -> dict[str, Any]:
     if args.capacity_dims:  # the paper's first claim, on this teacher's scores
         from rankers.commands.capacity import run as capacity
 
-        capacity(scores_path, args.capacity_dims, max_queries=1000, seed=args.seed, output_dir=out / "capacity")
+        capacity_rows = capacity(scores_path, args.capacity_dims, max_queries=1000, seed=args.seed,
+                                 output_dir=out / "capacity")
 
     # 3. students from the same initialisation
     mining: dict[str, Any] = {}
@@ -372,6 +374,12 @@ def run(args) -> dict[str, Any]:
         table += ("\n\nPaired significance over the test queries (re-rank MRR@10, each system vs DE labels; "
                   "two-sided paired t-test, Holm-corrected over the comparisons, alpha 0.05):\n\n"
                   + significance_markdown(significance))
+    from rankers.evaluation.paper_points import paper_points, paper_points_markdown
+
+    points = paper_points({name: res["test/rerank"]["mrr@10"] for name, res in results.items() if "test/rerank" in res},
+                          {name: res.get("gap/rerank") for name, res in results.items()}, significance, capacity_rows)
+    table += "\n\nThe paper's three points on this run (criteria: rankers/evaluation/paper_points.py):\n\n"
+    table += paper_points_markdown(points)
     reused = f" (checkpoint {args.teacher_checkpoint}, not retrained)" if args.teacher_checkpoint else ""
     note = (f"\nMachine: {machine_line()}.\nDataset: {args.dataset}; teacher: {args.teacher_backbone}{reused}; student: {args.student_backbone}; "
             f"test split '{args.test_split}'. Re-rank rows score the same candidates (top-{args.eval_depth}); "
@@ -380,6 +388,7 @@ def run(args) -> dict[str, Any]:
     payload = {"rows": rows, "seconds": elapsed, "args": args.as_dict() if hasattr(args, "as_dict") else vars(args), "significance": significance,
                "machine": machine_line(),
                "overfitting_gap": {k: v.get("gap/rerank") for k, v in results.items()},
+               "paper_points": points,
                "fit_seconds": {k: v["_meta"]["fit_seconds"] for k, v in results.items()}}
     (out / "paper_table.json").write_text(json.dumps(payload, indent=2))
     print(table)
