@@ -37,6 +37,7 @@ from torch import nn
 from rankers import distributed
 from rankers.models.backbone import load_encoder, load_tokenizer
 from rankers.models.collate import DualCollator, is_listwise
+from rankers.models.grad_cache import cached_embeddings
 from rankers.models.length_buckets import forward_by_length
 from rankers.losses import get_distillation_loss, one_hot_ce
 from rankers.models.module import RankerModule
@@ -107,6 +108,10 @@ class DualEncoderRanker(RankerModule):
         length_buckets: the texts of a batch run through the encoder as this many length-sorted groups,
             each padded to its own longest text (:mod:`rankers.models.length_buckets`; same embeddings,
             less padding); 1 = one padded batch.
+        grad_cache_chunk_size: gradient caching (:mod:`rankers.models.grad_cache`): in training, embed
+            queries and passages this many texts at a time without a graph, compute the loss over the whole
+            batch, and re-embed chunk by chunk in the backward pass — the gradients of the full batch with
+            the activation memory of one chunk, for a second forward pass; ``None`` = off.
     """
 
     is_dual_encoder = True
@@ -134,6 +139,7 @@ class DualEncoderRanker(RankerModule):
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
         length_buckets: int = 4,
+        grad_cache_chunk_size: int | None = None,
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio)
         self.save_hyperparameters()
@@ -141,6 +147,8 @@ class DualEncoderRanker(RankerModule):
             raise ValueError("DualEncoderRanker: label_weight must be > 0 when no distillation_loss is set")
         if teacher_checkpoint is not None and distillation_loss is None:
             raise ValueError("DualEncoderRanker: teacher_checkpoint is set but distillation_loss is None")
+        if grad_cache_chunk_size is not None and grad_cache_chunk_size < 1:
+            raise ValueError(f"DualEncoderRanker: grad_cache_chunk_size must be >= 1 or None, got {grad_cache_chunk_size}")
         self.pooling = pooling
         self.similarity = similarity
         self.temperature = temperature
@@ -277,12 +285,26 @@ class DualEncoderRanker(RankerModule):
         weights = distributed.rank_weights(counts)
         return weights[0], weights[1]
 
+    def _embed_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query and passage embeddings of a batch; through the gradient cache when it is on (training)."""
+        chunk = self.hparams.get("grad_cache_chunk_size")
+        if not (self.training and chunk and torch.is_grad_enabled()):
+            return self.encode_query_inputs(batch["query_inputs"]), self.encode_passage_inputs(batch["passage_inputs"])
+        inputs = {"query": batch["query_inputs"], "passage": batch["passage_inputs"]}
+
+        def encode(side: str, lo: int, hi: int) -> torch.Tensor:
+            return self._encode({key: value[lo:hi] for key, value in inputs[side].items()}, side)  # type: ignore[arg-type]
+
+        towers = (self.query_encoder, self.passage_encoder, self.query_projection, self.passage_projection)
+        params = list({id(p): p for tower in towers for p in tower.parameters()}.values())  # shared towers once
+        rows = {side: int(value["input_ids"].shape[0]) for side, value in inputs.items()}
+        return cached_embeddings(encode, rows, int(chunk), params, self.device)
+
     def listwise_loss(self, batch: dict[str, Any]):
         mask: torch.Tensor = batch["mask"]
         labels = batch["labels"] > 0
         bsz, width = mask.shape
-        q = self.encode_query_inputs(batch["query_inputs"])
-        p = self.encode_passage_inputs(batch["passage_inputs"])
+        q, p = self._embed_batch(batch)
         own = torch.einsum("bd,bnd->bn", q, p.view(bsz, width, -1)) / self.temperature
         label_rank_weight, distill_rank_weight = self._rank_weights(labels.to(mask.device), mask)
         parts: dict[str, torch.Tensor] = {}
