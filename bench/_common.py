@@ -8,6 +8,7 @@ repository root on ``sys.path`` and sets the offline environment, so it must be 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import statistics
@@ -132,6 +133,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_results(path: str | None, results: dict, device: str = "cpu") -> None:
+    """``{"results": ..., "machine": [...]}`` as JSON at ``path`` (nothing when ``path`` is None)."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump({"results": results, "machine": machine_lines(device)}, fh, indent=2)
 
 
 def verdict(ratio: float, target: float) -> str:

@@ -20,7 +20,6 @@ plus the padding share of the encoded tokens. Peak memory is not measured here (
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import _common as C
@@ -123,9 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name}: padding share of one padded batch {pad:.1%}")
     print()
     print(C.markdown_table(["model", "length_buckets", "s / step", f"speed-up vs {buckets[0]}"], rows))
-    if args.output:
-        with open(args.output, "w") as fh:
-            json.dump({"results": results, "machine": C.machine_lines("cpu")}, fh, indent=2)
+    C.write_results(args.output, results)
     return results
 
 

@@ -25,7 +25,7 @@ SUMMARY_METRICS = ("mrr@10", "ndcg@10", "recall@100")
 def _named_runs(specs: list[str]) -> dict[str, Path]:
     runs: dict[str, Path] = {}
     for spec in specs:
-        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        name, _, path = spec.partition("=") if "=" in spec else ("", "", spec)  # a path may hold '=', a name not
         path_ = Path(path)
         name = name or path_.name
         if name in runs:
