@@ -13,7 +13,7 @@ forward + loss + backward + AdamW. "step memory" is the process's peak RSS minus
 
 Target (issue 15): cached 8B's step memory within 1.5× of plain B's.
 
-    python bench/grad_cache.py                       # B=8, k=7, scale 8, bf16 when the CPU has it
+    python bench/grad_cache.py                       # B=8, k=7, scale 8, bf16 where it pays off (rankers.precision)
     python bench/grad_cache.py --steps 1 --scale 2   # quick check
 """
 from __future__ import annotations
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args._child:
         _child(args)
         return {}
-    from rankers.precision import cpu_has_native_bf16
+    from rankers.precision import bf16_native
 
-    precision = ("bf16" if cpu_has_native_bf16() else "fp32") if args.precision == "auto" else args.precision
+    precision = ("bf16" if bf16_native("cpu") else "fp32") if args.precision == "auto" else args.precision
     C.print_header("Gradient caching: step memory at a larger batch", "cpu",
                    {"batch": args.batch_size, "negatives": args.negatives, "scale": args.scale,
                     "max_length": args.max_length, "precision": precision, "steps": args.steps})

@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rankers.models.cross_encoder import CrossAttentionRanker
     from rankers.models.dual_encoder import DualEncoderRanker
-    from rankers.precision import cpu_has_native_bf16
+    from rankers.precision import bf16_native
 
     buckets = [int(b) for b in args.buckets.split(",")]
-    precision = ("bf16" if cpu_has_native_bf16() else "fp32") if args.precision == "auto" else args.precision
+    precision = ("bf16" if bf16_native("cpu") else "fp32") if args.precision == "auto" else args.precision
     C.print_header("Length-bucketed training steps", "cpu",
                    {"batch": args.batch_size, "de_negatives": args.negatives, "ca_negatives": args.ca_negatives,
                     "max_length": args.max_length, "precision": precision, "steps": args.steps, "rounds": args.rounds})

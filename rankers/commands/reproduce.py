@@ -44,6 +44,8 @@ def build_parser():
     a("--embedded_scale", "--embedded-scale", type=float, default=1.0, help="size multiplier of the embedded default data")
     a("--embedded_spurious_cue", "--embedded-spurious-cue", action="store_true",
       help="plant the embedded default's train-only cue (shows overfitting; also derails the teacher)")
+    a("--embedded_label_noise", "--embedded-label-noise", type=float, default=0.0,
+      help="share of the embedded default's training queries judged on a one-word near miss (annotator slips)")
     a("--teacher_backbone", "--teacher-backbone", default="minilm",
       help="CA backbone: 'minilm' (all-MiniLM-L6-v2, offline), 'tiny' (random 2-layer BERT), hub name or local directory")
     a("--student_backbone", "--student-backbone", default="minilm", help="DE backbone (same choices)")
@@ -132,7 +134,7 @@ def _datamodule(args, **overrides):
 
     lo, hi = (int(x) for x in args.negative_window.split(","))
     kw = dict(dataset=args.dataset, embedded_scale=args.embedded_scale, embedded_spurious_cue=args.embedded_spurious_cue,
-              negative_window=(lo, hi), train_subset_size=args.train_subset, train_split=args.train_split,
+              embedded_label_noise=args.embedded_label_noise, negative_window=(lo, hi), train_subset_size=args.train_subset, train_split=args.train_split,
               val_split=args.val_split, test_split=args.test_split, num_negatives=args.num_negatives,
               batch_size=args.batch_size, eval_depth=args.eval_depth, max_train_queries=args.max_train_queries or None,
               max_eval_queries=args.max_eval_queries or None, num_workers=args.num_workers, seed=args.seed,
@@ -253,10 +255,11 @@ def machine_line() -> str:
 
     import torch
 
-    from rankers.precision import cpu_has_native_bf16, cpu_model
+    from rankers.precision import cpu_bf16_speedup, cpu_has_native_bf16, cpu_model
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu_model()} ({torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}), {gpu}, "
+    bf16 = f"native bf16, bf16 autocast {cpu_bf16_speedup():.2f}x fp32" if cpu_has_native_bf16() else "no native bf16"
+    return (f"{cpu_model()} ({torch.get_num_threads()} threads, {bf16}), {gpu}, "
             f"torch {torch.__version__}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
 
 
