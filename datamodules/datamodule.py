@@ -77,6 +77,9 @@ class RankingDataModule(pl.LightningDataModule):
         embedded_spurious_cue: plant a train-only cue in the embedded default's training positives
             (shows a label-trained model overfitting to it; off by default because it also derails
             the teacher -- see rankers/embedded/dataset.py).
+        embedded_label_noise: share of the embedded default's single-fact training queries whose one
+            judgment lands on a passage whose fact differs from the asked one in one word (annotator slips;
+            see rankers/embedded/dataset.py). Dev and test judgments stay clean.
         train_split / val_split / test_split: qrels split names.
         num_negatives: hard negatives per training query and step.
         negatives: ``"bm25"`` to mine with BM25, ``"run"`` to take them from ``negatives_run``,
@@ -327,11 +330,11 @@ class RankingDataModule(pl.LightningDataModule):
             self.eval_sets["test"] = self._pair_set(self.test_split)
 
     def split_candidate_run(self, split: str, query_ids: list[str]) -> dict[str, dict[str, float]]:
-        from datamodules.formats import read_run
+        from datamodules.formats import read_candidates
 
         source = self._eval_run_source(split)
         if source == "file":
-            run = read_run(self.eval_candidates)
+            run = read_candidates(self.eval_candidates)
         elif source == "collection":
             run = self.load().candidates[split]
         else:
@@ -392,10 +395,10 @@ class RankingDataModule(pl.LightningDataModule):
 
     def candidate_run(self, query_ids: list[str]) -> dict[str, dict[str, float]]:
         """The training queries' candidate lists from the configured miner (before window / filters)."""
-        from datamodules.formats import read_run
+        from datamodules.formats import read_candidates
 
         if self.negatives == "run":
-            run = read_run(self.negatives_run)
+            run = read_candidates(self.negatives_run)
             missing = [q for q in query_ids if q not in run]
             if missing:
                 raise ValueError(f"{self.negatives_run}: no candidates for training query '{missing[0]}' "

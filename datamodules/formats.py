@@ -6,7 +6,9 @@ Shapes (shared by the whole project):
   joined with one space when the title is non-empty), memory-mapped Arrow.
 * queries: ``datasets.Dataset`` with string columns ``id``, ``text``.
 * qrels: ``dict[str, dict[str, int]]`` query id -> {passage id: grade}.
-* run: ``dict[str, dict[str, float]]`` query id -> {passage id: score}.
+* run: ``dict[str, dict[str, float]]`` query id -> {passage id: score}. Teacher scores and candidate pools
+  also come from published files (Hofstätter et al.'s score pairs, sentence-transformers' hard negatives,
+  parquet runs): :func:`read_teacher_scores` and :func:`read_candidates` detect the format.
 
 Every problem in an input file raises :class:`DataFormatError` (a ``ValueError``)
 naming the file, the 1-based line and the field, e.g.
@@ -17,6 +19,14 @@ from __future__ import annotations
 
 from .readers.errors import DataFormatError, UnknownDatasetError
 from .readers.layouts import load_retrieval_data
+from .readers.published import (
+    detect_format,
+    read_candidates,
+    read_hard_negatives,
+    read_parquet_run,
+    read_score_pairs,
+    read_teacher_scores,
+)
 from .readers.retrieval_data import RetrievalData
 from .readers.trec import (
     Qrels,
@@ -25,7 +35,6 @@ from .readers.trec import (
     check_run_ids,
     read_qrels,
     read_run,
-    read_teacher_scores,
     read_top1000,
     write_run,
 )
@@ -40,6 +49,11 @@ __all__ = [
     "read_qrels",
     "read_run",
     "read_teacher_scores",
+    "read_candidates",
+    "read_score_pairs",
+    "read_hard_negatives",
+    "read_parquet_run",
+    "detect_format",
     "read_top1000",
     "write_run",
     "check_qrels_ids",

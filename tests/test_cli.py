@@ -53,6 +53,57 @@ def test_teacher_fit_predict_then_distill_and_test(workdir, monkeypatch):
     assert "val/rerank/mrr@10" in cli.trainer.callback_metrics
 
 
+def test_published_score_and_negative_files_drive_fit(workdir, monkeypatch, tmp_path):
+    """Issue 13: the teacher's scores as Hofstätter et al.'s score-pair TSV (gzipped) or a parquet run, and its
+    pools as sentence-transformers' hard-negatives JSONL, each through `fit` on the real CLI."""
+    import gzip
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from datamodules.datamodule import RankingDataModule
+
+    trec = workdir / "runs/ca_teacher/teacher_scores.trec"
+    if not trec.exists():  # run alone: make the teacher and its scores first
+        _cli(workdir, monkeypatch, "fit", "--config", "configs/ca_teacher.yaml", *SMOKE)
+        _cli(workdir, monkeypatch, "predict", "--config", "configs/ca_teacher.yaml", *SMOKE,
+             "--ckpt_path", "runs/ca_teacher/checkpoints/best.ckpt")
+    scores = read_teacher_scores(trec)
+    qrels = RankingDataModule(embedded_scale=0.1).load().qrels["train"]
+    pairs, hard = [], []
+    for qid, pool in scores.items():
+        positives = [p for p in pool if qrels[qid].get(p, 0) > 0]
+        negatives = sorted((p for p in pool if p not in positives), key=pool.get, reverse=True)
+        for pos in positives:
+            pairs += [f"{pool[pos]!r}\t{pool[neg]!r}\t{qid}\t{pos}\t{neg}\n" for neg in negatives]
+        hard.append(json.dumps({"qid": qid, "pos": positives, "neg": {"ce": negatives, "bm25": negatives[::-1]}}) + "\n")
+    (tmp_path / "pairs.tsv.gz").write_bytes(gzip.compress("".join(pairs).encode()))
+    (tmp_path / "hard-negatives.jsonl.gz").write_bytes(gzip.compress("".join(hard).encode()))
+    rows = [(q, p, v) for q, pool in scores.items() for p, v in pool.items()]
+    pq.write_table(pa.table({"query_id": [r[0] for r in rows], "doc_id": [r[1] for r in rows],
+                             "score": [r[2] for r in rows]}), tmp_path / "scores.parquet")
+
+    # score pairs as the targets, the hard-negatives file as the pools, in one distillation run
+    cli = _cli(workdir, monkeypatch, "fit", "--config", "configs/de_distill.yaml", *SMOKE,
+               "--data.teacher_scores", str(tmp_path / "pairs.tsv.gz"),
+               "--data.negatives", "run", "--data.negatives_run", str(tmp_path / "hard-negatives.jsonl.gz"))
+    assert "train/distill_loss" in cli.trainer.callback_metrics
+    train = cli.datamodule.train_dataset
+    for ex in train.examples:
+        assert set(ex.negatives) <= set(scores[ex.query_id]) - set(qrels[ex.query_id])  # from the file's pools
+        assert all(train.teacher_scores[ex.query_id][p] == scores[ex.query_id][p]  # the file's scores are the targets
+                   for p in (*ex.positives, *ex.negatives))
+    # a parquet run as the targets (one training step, no validation: the loading is what is tested)
+    cli = _cli(workdir, monkeypatch, "fit", "--config", "configs/de_distill.yaml", *SMOKE,
+               "--data.teacher_scores", str(tmp_path / "scores.parquet"),
+               "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "0")
+    train = cli.datamodule.train_dataset
+    assert "train/distill_loss" in cli.trainer.callback_metrics
+    assert all(train.teacher_scores[ex.query_id][p] == scores[ex.query_id][p]
+               for ex in train.examples for p in (*ex.positives, *ex.negatives))
+
+
 def test_distill_without_score_file_names_the_command(workdir, monkeypatch):
     with pytest.raises(FileNotFoundError, match="rankers predict --config configs/ca_teacher.yaml"):
         _cli(workdir, monkeypatch, "fit", "--config", "configs/de_distill.yaml", *SMOKE,

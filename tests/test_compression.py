@@ -108,3 +108,36 @@ def test_zstd_needs_its_package_and_says_so(tmp_path):
 def test_logical_names():
     assert logical_name("corpus.jsonl.gz") == "corpus.jsonl" and logical_name("x.tsv.bz2") == "x.tsv"
     assert logical_name("top1000.dev.tar.gz") == "top1000.dev.tar.gz" and logical_name("a.tsv") == "a.tsv"
+
+
+class _Touch:
+    """Unpickling this creates ``marker``: what a hostile pickle could do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("name", ["scores.pkl", "scores.pkl.gz", "scores.pickle"])
+def test_a_pickle_is_refused_unread_and_the_error_says_how_to_convert_it(tmp_path, name):
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    marker = tmp_path / "code-ran"
+    path = tmp_path / name
+    payload = pickle.dumps({"q1": {"d1": 2.5}, "hostile": _Touch(marker)})
+    path.write_bytes(gzip.compress(payload) if name.endswith(".gz") else payload)
+    with pytest.raises(DataFormatError, match=rf"{name}: a Python pickle: rankers never unpickles") as info:
+        read_run(path)
+    assert not marker.exists()
+    # the conversion the message suggests works on a benign score pickle ({qid: {pid: score}}, int ids)
+    benign = tmp_path / "ce-scores.pkl.gz"
+    benign.write_bytes(gzip.compress(pickle.dumps({7: {11: 1.5, 12: -0.25}})))
+    command = str(info.value).split('python -c "', 1)[1].rsplit('"', 1)[0].replace("FILE.pkl.gz", str(benign))
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True, env={**os.environ, "PYTHONPATH": str(root)})
+    assert read_run(tmp_path / "scores.trec") == {"7": {"11": 1.5, "12": -0.25}}

@@ -16,7 +16,6 @@ __all__ = [
     "Run",
     "read_qrels",
     "read_run",
-    "read_teacher_scores",
     "read_top1000",
     "write_run",
     "check_qrels_ids",
@@ -164,11 +163,6 @@ def read_run(path: str | Path, *, require_finite: bool = True) -> Run:
     if not run:
         raise DataFormatError(path, None, None, "no run entries: the file is empty")
     return run
-
-
-def read_teacher_scores(path: str | Path) -> Run:
-    """Teacher scores for distillation: a TREC run whose scores must all be finite."""
-    return read_run(path, require_finite=True)
 
 
 def read_top1000(path: str | Path) -> Run:
