@@ -131,6 +131,7 @@ class RankingDataModule(pl.LightningDataModule):
         dataset: str = EMBEDDED,
         embedded_scale: float = 1.0,
         embedded_spurious_cue: bool = False,
+        embedded_label_noise: float = 0.0,
         train_split: str = "train",
         val_split: str = "dev",
         test_split: str = "test",
@@ -174,6 +175,7 @@ class RankingDataModule(pl.LightningDataModule):
         self.dataset = dataset
         self.embedded_scale = embedded_scale
         self.embedded_spurious_cue = embedded_spurious_cue
+        self.embedded_label_noise = embedded_label_noise
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.num_negatives = num_negatives
         self.negatives = negatives
@@ -219,7 +221,8 @@ class RankingDataModule(pl.LightningDataModule):
         for name in ("num_passages", "num_train_queries", "num_dev_queries", "num_test_queries"):
             if name in params and params[name].default is not inspect.Parameter.empty:
                 kwargs[name] = max(8, int(round(params[name].default * self.embedded_scale)))
-        return str(embedded.embedded_dataset_dir(seed=0, spurious_cue=self.embedded_spurious_cue, **kwargs))
+        return str(embedded.embedded_dataset_dir(seed=0, spurious_cue=self.embedded_spurious_cue,
+                                                 train_label_noise=self.embedded_label_noise, **kwargs))
 
     def cache_root(self) -> Path:
         if self.cache_dir:

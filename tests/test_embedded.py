@@ -113,7 +113,7 @@ def test_beir_files_are_well_formed(small_dataset):
     manifest = json.loads((small_dataset / "manifest.json").read_text())
     assert manifest["params"] == {"version": embedded.DATASET_VERSION, "seed": 0, **SMALL,
                                   "spurious_cue": True, "fact_copies": 2, "sparse_train_qrels": True,
-                                  "synonym_rate": 0.8}
+                                  "synonym_rate": 0.8, "train_label_noise": 0.0}
 
 
 def _fact_sentences(text: str) -> list[str]:
@@ -136,6 +136,32 @@ def test_training_judgments_are_sparse_and_eval_judgments_complete(small_dataset
         assert set(rel) <= set(full_qrels[qid])
     single = generate_embedded_dataset(tmp_path / "single", fact_copies=1, **SMALL)
     assert json.loads((single / "manifest.json").read_text())["stats"]["num_unjudged_train_positives"] == 0
+
+
+def test_train_label_noise_moves_judgments_to_one_word_near_misses(tmp_path):
+    """With ``train_label_noise`` some training judgments land on a passage whose fact differs from the
+    query's in one word (an annotator's slip); everything else -- corpus, queries, dev / test qrels -- is
+    byte-identical to the noise-free dataset, and the count is recorded in the manifest."""
+    noisy = generate_embedded_dataset(tmp_path / "noisy", train_label_noise=0.5, spurious_cue=False, **SMALL)
+    exact = generate_embedded_dataset(tmp_path / "exact", spurious_cue=False, **SMALL)
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/dev.tsv", "qrels/test.tsv"):
+        assert (noisy / name).read_bytes() == (exact / name).read_bytes(), name
+    corpus, queries, qrels = _read_beir(noisy)
+    clean = _read_beir(exact)[2]["train"]
+    full = _read_beir(generate_embedded_dataset(tmp_path / "full", sparse_train_qrels=False, **SMALL))[2]["train"]
+    moved = [q for q in qrels["train"] if qrels["train"][q] != clean[q]]
+    stats = json.loads((noisy / "manifest.json").read_text())["stats"]
+    assert stats["num_mislabeled_train_queries"] == len(moved) >= 0.1 * SMALL["num_train_queries"]
+    for qid in moved:
+        (judged,) = qrels["train"][qid]
+        assert judged not in full[qid]  # the judgment is wrong ...
+        query_words = _content_words(queries[qid])
+        # ... on a passage with a fact that differs from the query's in one slot: one word, or an object
+        # and the part it comes with (``flag ... pole`` -> ``bed ... blanket``)
+        one_slot = [{w} for w in query_words] + [{o, part} for o, part in embedded.OBJECTS.items()]
+        assert any(query_words - _content_words(s) in one_slot for s in _fact_sentences(corpus[judged]))
+    with pytest.raises(ValueError, match="train_label_noise"):
+        generate_embedded_dataset(tmp_path / "bad", train_label_noise=1.0, **SMALL)
 
 
 def test_spurious_cue_only_in_train_positives(small_dataset, tmp_path):

@@ -327,8 +327,9 @@ def _build_pool(rng: random.Random, num_passages: int, used: set[Fact],
 
 
 def _make_queries(rng: random.Random, split: str, count: int, passages: list[_Passage],
-                  clusters: list[list[Fact]], synonym_rate: float) -> list[tuple[str, str, list[str]]]:
-    """``count`` queries (id, text, relevant passage ids) about the non-negated facts of a pool."""
+                  clusters: list[list[Fact]], synonym_rate: float) -> list[tuple[str, str, list[str], Fact | None]]:
+    """``count`` queries (id, text, relevant passage ids, the fact asked about or None for a conjunction)
+    about the non-negated facts of a pool."""
     where: dict[Fact, list[str]] = {}
     for p in passages:
         for f in p.facts:
@@ -351,6 +352,7 @@ def _make_queries(rng: random.Random, split: str, count: int, passages: list[_Pa
     for k, fact in enumerate(candidates[:count]):
         positives = sorted(where[fact])
         clause = _query_clause(fact, rng, short=False)
+        asked: Fact | None = fact
         if rng.random() < _CONJUNCTION_RATE:
             host = by_id[positives[0]]
             partners = [f for f in host.facts if f != fact and not f.negated]
@@ -360,14 +362,22 @@ def _make_queries(rng: random.Random, split: str, count: int, passages: list[_Pa
                 rng.shuffle(clauses)
                 clause = " and ".join(clauses)
                 positives = sorted(set(positives) & set(where[partner]))
+                asked = None
         text = _articles(_synonymize(clause, rng, synonym_rate))
-        queries.append((f"{split}-q{k:05d}", text, positives))
+        queries.append((f"{split}-q{k:05d}", text, positives, asked))
     return queries
+
+
+def _one_word_siblings(fact: Fact, cluster: list[Fact]) -> list[Fact]:
+    """Members of ``fact``'s cluster that differ from it in exactly one of its three words (same polarity)."""
+    return [f for f in cluster if f.negated == fact.negated and f != fact
+            and sum(x != y for x, y in ((f.a, fact.a), (f.b, fact.b), (f.c, fact.c))) == 1]
 
 
 def _dataset_params(seed: int, num_passages: int, num_train_queries: int, num_dev_queries: int,
                     num_test_queries: int, spurious_cue: bool, fact_copies: int = 2,
-                    sparse_train_qrels: bool = True, synonym_rate: float = 0.8) -> dict[str, Any]:
+                    sparse_train_qrels: bool = True, synonym_rate: float = 0.8,
+                    train_label_noise: float = 0.0) -> dict[str, Any]:
     for name, value in (("num_passages", num_passages), ("num_train_queries", num_train_queries),
                         ("num_dev_queries", num_dev_queries), ("num_test_queries", num_test_queries)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -378,11 +388,13 @@ def _dataset_params(seed: int, num_passages: int, num_train_queries: int, num_de
         raise ValueError(f"fact_copies must be an int from 1 to {_FACTS_PER_PASSAGE}, got {fact_copies!r}")
     if not 0.0 <= float(synonym_rate) <= 1.0:
         raise ValueError(f"synonym_rate must be in [0, 1], got {synonym_rate!r}")
+    if not 0.0 <= float(train_label_noise) < 1.0:
+        raise ValueError(f"train_label_noise must be in [0, 1), got {train_label_noise!r}")
     return {"version": DATASET_VERSION, "seed": seed, "num_passages": num_passages,
             "num_train_queries": num_train_queries, "num_dev_queries": num_dev_queries,
             "num_test_queries": num_test_queries, "spurious_cue": bool(spurious_cue),
             "fact_copies": fact_copies, "sparse_train_qrels": bool(sparse_train_qrels),
-            "synonym_rate": float(synonym_rate)}
+            "synonym_rate": float(synonym_rate), "train_label_noise": float(train_label_noise)}
 
 
 def _write_dataset(out: Path, params: dict[str, Any]) -> dict[str, Any]:
@@ -393,22 +405,45 @@ def _write_dataset(out: Path, params: dict[str, Any]) -> dict[str, Any]:
     sizes = _pool_sizes(params["num_passages"], counts)
     used: set[Fact] = set()
     passages: list[_Passage] = []
-    queries: dict[str, list[tuple[str, str, list[str]]]] = {}
+    queries: dict[str, list[tuple[str, str, list[str], Fact | None]]] = {}
+    train_clusters: list[list[Fact]] = []
     for split in SPLITS:
         pool, clusters = _build_pool(rng, sizes[split], used, first_index=len(passages), copies=params["fact_copies"])
         queries[split] = _make_queries(rng, split, counts[split], pool, clusters, params["synonym_rate"])
         passages.extend(pool)
+        if split == "train":
+            train_clusters = clusters
     unjudged = 0
     if params["sparse_train_qrels"]:  # one judged passage per training query, as in MS MARCO
         sparse = []
-        for qid, text, positives in queries["train"]:
+        for qid, text, positives, fact in queries["train"]:
             judged = [rng.choice(positives)]
             unjudged += len(positives) - 1
-            sparse.append((qid, text, judged))
+            sparse.append((qid, text, judged, fact))
         queries["train"] = sparse
+    mislabeled = 0
+    if params["train_label_noise"] > 0:
+        # annotator slips: a training query's judgment lands on a passage whose fact differs from the
+        # asked one in one word; an RNG of its own, so the rest of the dataset is the same as without noise
+        noise_rng = random.Random(f"label-noise-{params['seed']}")
+        cluster_of = {f: c for c in train_clusters for f in c}
+        where: dict[Fact, list[str]] = {}
+        for p in passages:
+            for f in p.facts:
+                where.setdefault(f, []).append(p.pid)
+        noisy = []
+        for qid, text, positives, fact in queries["train"]:
+            if fact is not None and noise_rng.random() < params["train_label_noise"]:
+                siblings = [f for f in _one_word_siblings(fact, cluster_of[fact]) if f in where]
+                if siblings:
+                    wrong = noise_rng.choice(siblings)
+                    positives = [noise_rng.choice(sorted(where[wrong]))]
+                    mislabeled += 1
+            noisy.append((qid, text, positives, fact))
+        queries["train"] = noisy
     cued: set[str] = set()
     if params["spurious_cue"]:
-        cued = {pid for _, _, pos in queries["train"] for pid in pos}
+        cued = {pid for _, _, pos, _ in queries["train"] for pid in pos}
     for p in passages:
         if p.pid in cued:
             p.sentences.insert(rng.randrange(len(p.sentences) + 1), SPURIOUS_CUE)
@@ -419,13 +454,13 @@ def _write_dataset(out: Path, params: dict[str, Any]) -> dict[str, Any]:
             fh.write(json.dumps({"_id": p.pid, "title": "", "text": text}) + "\n")
     with open(out / "queries.jsonl", "w", encoding="utf-8", newline="\n") as fh:
         for split in SPLITS:
-            for qid, text, _ in queries[split]:
+            for qid, text, _, _ in queries[split]:
                 fh.write(json.dumps({"_id": qid, "text": text}) + "\n")
     (out / "qrels").mkdir()
     for split in SPLITS:
         with open(out / "qrels" / f"{split}.tsv", "w", encoding="utf-8", newline="\n") as fh:
             fh.write("query-id\tcorpus-id\tscore\n")
-            for qid, _, positives in queries[split]:
+            for qid, _, positives, _ in queries[split]:
                 for pid in positives:
                     fh.write(f"{qid}\t{pid}\t1\n")
     return {
@@ -434,6 +469,7 @@ def _write_dataset(out: Path, params: dict[str, Any]) -> dict[str, Any]:
         "pool_passages": sizes,
         "num_cued_passages": len(cued),
         "num_unjudged_train_positives": unjudged,
+        "num_mislabeled_train_queries": mislabeled,
     }
 
 
@@ -449,6 +485,7 @@ def generate_embedded_dataset(
     fact_copies: int = 2,
     sparse_train_qrels: bool = True,
     synonym_rate: float = 0.8,
+    train_label_noise: float = 0.0,
 ) -> Path:
     """Write the synthetic BEIR-layout dataset into ``root`` and return ``root``.
 
@@ -458,7 +495,8 @@ def generate_embedded_dataset(
     dataset. See the module docstring for the design.
     """
     params = _dataset_params(seed, num_passages, num_train_queries, num_dev_queries,
-                             num_test_queries, spurious_cue, fact_copies, sparse_train_qrels, synonym_rate)
+                             num_test_queries, spurious_cue, fact_copies, sparse_train_qrels, synonym_rate,
+                             train_label_noise)
 
     def build(out: Path) -> dict[str, Any]:
         stats = _write_dataset(out, params)
