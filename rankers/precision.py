@@ -130,6 +130,20 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     return chosen
 
 
+def inference_autocast(precision: str, device: torch.device | str):
+    """The autocast context for encoding / scoring outside a Trainer under ``precision`` (``"auto"`` resolved
+    as for training): bf16 autocast for a ``bf16*`` precision, no autocast (fp32) otherwise."""
+    import contextlib
+
+    device = torch.device(device)
+    chosen = resolve_precision(precision, "gpu" if device.type == "cuda" else "cpu")
+    if chosen.startswith("bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if chosen not in ("32-true", "32", "64-true"):
+        raise ValueError(f"precision {precision!r}: use 'auto', '32-true' or 'bf16-mixed' outside training")
+    return contextlib.nullcontext()
+
+
 def cpu_model() -> str:
     """The CPU's model name (for benchmark and result headers)."""
     try:

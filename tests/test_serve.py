@@ -109,6 +109,24 @@ def test_index_then_search_reproduces_the_evaluators_retrieval_metrics(workdir, 
     assert set(qrels) <= set(split_run)
 
 
+def test_index_and_search_under_bf16_autocast_agree_with_fp32(workdir, de_case, eval_queries):
+    """--precision bf16-mixed really runs bf16 (scores differ from fp32) and ranks as fp32 does."""
+    ckpt, _, qrels, _ = de_case
+    runs = {}
+    for precision in ("32-true", "bf16-mixed"):
+        index_dir = workdir / f"index-{precision}"
+        main(["index", "--ckpt_path", str(ckpt), *DATA, "--output", str(index_dir), "--precision", precision])
+        runs[precision] = main(["search", "--index", str(index_dir), "--queries", str(eval_queries), "--depth", "10",
+                                "--output", str(workdir / f"{precision}.run"), "--precision", precision])
+    fp32, bf16 = runs["32-true"], runs["bf16-mixed"]
+    assert any(fp32[q][p] != bf16[q].get(p) for q in fp32 for p in fp32[q])
+    overlap = np.mean([len(set(fp32[q]) & set(bf16[q])) / len(fp32[q]) for q in fp32])
+    assert overlap >= 0.8
+    metrics = ["ndcg@10", "mrr@10"]
+    a, b = evaluate_run(fp32, qrels, metrics), evaluate_run(bf16, qrels, metrics)
+    assert all(abs(a[m] - b[m]) <= 0.05 for m in metrics), (a, b)
+
+
 def test_rerank_reproduces_the_evaluators_rerank_metrics(workdir, de_case):
     ca_ckpt = cli_checkpoint(workdir, "configs/ca_teacher.yaml", workdir / "ca.ckpt")
     results, qrels, pairs = _cli_test(workdir, "configs/ca_teacher.yaml", ca_ckpt)
