@@ -250,6 +250,27 @@ def test_hub_schema_local_directory(tmp_path, scifact, fmt, no_network):
     assert data.fingerprint() == load_retrieval_data(root, cache_dir=tmp_path / "cache").fingerprint()
 
 
+def test_nanobeir_style_directory_with_its_own_qrels_config(tmp_path, scifact, no_network):
+    """NanoBEIR (zeta-alpha-ai/Nano*): qrels are a 'qrels' config of the same repository, without a score
+    column (every listed pair is relevant, grade 1), and its one split is named 'train'."""
+    root = tmp_path / "NanoSciFact"
+    qrels, texts = _write_hub_dir(root, scifact, "parquet")
+    shutil.rmtree(root.parent / f"{root.name}-qrels")
+    judged = [{"query-id": q, "corpus-id": p} for q, d in qrels["test"].items() for p, g in d.items() if g > 0]
+    datasets.Dataset.from_list(judged).to_parquet(root / "qrels.parquet")
+    readme = (root / "README.md").read_text().replace(
+        "---\n# scifact slice", "- config_name: qrels\n  data_files:\n  - split: train\n    path: qrels.parquet\n---\n# slice")
+    (root / "README.md").write_text(readme)
+    data = load_retrieval_data(root, cache_dir=tmp_path / "cache")
+    assert data.qrels == {"train": {q: {p: 1 for p, g in d.items() if g > 0} for q, d in qrels["test"].items()}}
+    assert {pid: data.passage_text(pid) for pid in texts} == texts
+    # a pair naming an unknown passage is reported against the qrels config, row by row
+    datasets.Dataset.from_list(judged + [{"query-id": judged[0]["query-id"], "corpus-id": "no-such-doc"}]).to_parquet(
+        root / "qrels.parquet")
+    with pytest.raises(DataFormatError, match=r"NanoSciFact\[qrels\]\[train\].*no-such-doc"):
+        load_retrieval_data(root, cache_dir=tmp_path / "cache2")
+
+
 def test_unknown_dataset_name_lists_attempts(tmp_path):
     name = "no-such-org/no-such-dataset-xyz"
     with pytest.raises(DataFormatError) as info:

@@ -6,6 +6,11 @@
 README.md whose YAML ``configs:`` block declares ``corpus`` and ``queries``), in
 which case its qrels must be the sibling directory ``name-qrels`` and the hub is
 never contacted.
+
+NanoBEIR-style repositories (``zeta-alpha-ai/NanoSciFact``) keep their qrels as a third config,
+``qrels``, of the same repository, with no ``score`` column: each listed pair is then grade 1, and
+the qrels config's splits (NanoBEIR's one split is named ``train``) are the qrels splits. A
+repository (or local directory) with a ``qrels`` config is read that way; otherwise ``name-qrels``.
 """
 from __future__ import annotations
 
@@ -48,13 +53,17 @@ class _Loader:
         self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.attempts: list[str] = []
 
-    def load(self, path: str, config: str | None = None) -> datasets.DatasetDict:
+    def load(self, path: str, config: str | None = None, *, optional: bool = False) -> datasets.DatasetDict | None:
+        """``datasets.load_dataset(path, config)``; a failure raises the error listing every attempt, or
+        (``optional``) is recorded and returns None."""
         call = f"datasets.load_dataset({path!r}" + (f", {config!r})" if config else ")")
         try:
             loaded = datasets.load_dataset(path, config, cache_dir=self.cache_dir)
         except Exception as err:  # any failure: not found, offline, bad files...
             detail = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
             self.attempts.append(f"{call} -> {type(err).__name__}: {detail}")
+            if optional:
+                return None
             raise self.error() from err
         self.attempts.append(f"{call} -> ok")
         return loaded
@@ -126,14 +135,19 @@ def _hub_id(label: str, row: int, field: str, value: Any) -> str:
     return check_id(label, row, field, value)
 
 
-def _qrels(source: datasets.Dataset, label: str) -> Qrels:
-    for column in ("query-id", "corpus-id", "score"):
+def _qrels(source: datasets.Dataset, label: str, *, score_optional: bool = False) -> Qrels:
+    """Qrels from a ``query-id``, ``corpus-id``, ``score`` dataset; with ``score_optional`` (NanoBEIR) a missing
+    ``score`` column makes every listed pair grade 1."""
+    required = ("query-id", "corpus-id") if score_optional else ("query-id", "corpus-id", "score")
+    for column in required:
         if column not in source.column_names:
             raise DataFormatError(label, None, column, f"missing column (columns: {', '.join(source.column_names)})")
+    has_score = "score" in source.column_names
     qrels: Qrels = {}
     row = 0
     for batch in source.iter(batch_size=_BATCH):
-        for qid, pid, score in zip(batch["query-id"], batch["corpus-id"], batch["score"]):
+        scores = batch["score"] if has_score else [1] * len(batch["query-id"])
+        for qid, pid, score in zip(batch["query-id"], batch["corpus-id"], scores):
             row += 1
             qid, pid = _hub_id(label, row, "query-id", qid), _hub_id(label, row, "corpus-id", pid)
             try:
@@ -155,16 +169,25 @@ def load_hub_data(name: str, *, cache_dir: str | Path | None = None) -> Retrieva
     """Load a dataset in BEIR's hub schema, from the hub or from a local directory (see module doc)."""
     loader = _Loader(name, cache_dir)
     local = Path(name).is_dir()
-    if local:
+    own_qrels = local and "qrels" in hub_configs(Path(name))
+    if local and not own_qrels:
         qrels_name = str(Path(name)) + "-qrels"
         if not Path(qrels_name).is_dir():
-            raise loader.error(f"a local hub-schema directory needs its qrels in the sibling directory {qrels_name!r}")
+            raise loader.error(f"a local hub-schema directory needs a 'qrels' config in its README.md or its qrels "
+                               f"in the sibling directory {qrels_name!r}")
     else:
         qrels_name = name + "-qrels"
     corpus_src = _single_split(loader.load(name, "corpus"), "corpus", f"{name}[corpus]")
     queries_src = _single_split(loader.load(name, "queries"), "queries", f"{name}[queries]")
-    qrels_src = loader.load(qrels_name)
-    qrels = {split: _qrels(ds, f"{qrels_name}[{split}]") for split, ds in qrels_src.items()}
+    qrels_src = None
+    if own_qrels or not local:  # NanoBEIR: a 'qrels' config of the same repository
+        qrels_src = loader.load(name, "qrels", optional=not own_qrels)
+    if qrels_src is not None:
+        qrels_name = f"{name}[qrels]"
+        qrels = {split: _qrels(ds, f"{qrels_name}[{split}]", score_optional=True) for split, ds in qrels_src.items()}
+    else:
+        qrels_src = loader.load(qrels_name)
+        qrels = {split: _qrels(ds, f"{qrels_name}[{split}]") for split, ds in qrels_src.items()}
     cache = loader.cache_dir
     data = RetrievalData(
         corpus=_texts(corpus_src, f"{name}[corpus]", "corpus", cache),
