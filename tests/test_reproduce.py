@@ -22,6 +22,58 @@ def test_gap_closed_formula():
     assert "| DE m3se | re-rank | 0.3490 | 0.4000 | 0.9000 | 65% |" in table
 
 
+def _yaml(relative: str) -> dict:
+    import yaml
+
+    from rankers.commands.recipe import CONFIG_DIR
+
+    return yaml.safe_load((CONFIG_DIR / relative).read_text())
+
+
+def test_the_recipe_is_the_config_files():
+    """reproduce's defaults and the models it builds are the configs' (issue 12): one recipe, not two."""
+    from rankers.commands.reproduce import build_parser, student_init_args, teacher_init_args
+
+    args = build_parser().parse_args([])
+    teacher, labels, distill = (_yaml(f"model/{n}.yaml")["init_args"] for n in ("ca_teacher", "de_labels", "de_distill"))
+    data, teacher_data = _yaml("data/embedded.yaml"), _yaml("data/embedded_teacher.yaml")
+    assert (args.teacher_lr, args.teacher_head_lr, args.max_length) == (teacher["lr"], teacher["head_lr"], teacher["max_length"])
+    assert (args.student_lr, args.temperature, args.similarity, args.pooling) == (
+        labels["lr"], labels["temperature"], labels["similarity"], labels["pooling"])
+    assert (args.losses, args.label_weight) == (distill["distillation_loss"], distill["label_weight"])
+    assert (args.num_negatives, args.teacher_num_negatives, args.batch_size) == (
+        data["num_negatives"], teacher_data["num_negatives"], data["batch_size"])
+    assert args.negative_window == ",".join(map(str, data["negative_window"])) and args.eval_depth == data["eval_depth"]
+    assert args.teacher_epochs == _yaml("ca_teacher.yaml")["trainer"]["max_epochs"]
+    assert args.student_epochs == _yaml("de_distill.yaml")["trainer"]["max_epochs"]
+    built = {"teacher": teacher_init_args(args), "labels": student_init_args(args, None),
+             "distill": student_init_args(args, args.losses)}
+    for name, config in (("teacher", teacher), ("labels", labels), ("distill", distill)):
+        assert {k: built[name][k] for k in config} == config, name
+
+
+def test_editing_a_config_changes_the_main_job(tmp_path, monkeypatch):
+    import shutil
+
+    from rankers.commands import recipe
+    from rankers.commands.reproduce import build_parser, teacher_init_args
+
+    shutil.copytree(recipe.CONFIG_DIR, tmp_path / "configs")
+    path = tmp_path / "configs" / "model" / "ca_teacher.yaml"
+    path.write_text(path.read_text().replace("head_lr: 2.0e-3", "head_lr: 7.0e-3"))
+    monkeypatch.setattr(recipe, "CONFIG_DIR", tmp_path / "configs")
+    recipe.read_config.cache_clear()
+    try:
+        args = build_parser().parse_args([])
+        assert args.teacher_head_lr == 7.0e-3 and teacher_init_args(args)["head_lr"] == 7.0e-3
+        (tmp_path / "configs" / "data" / "embedded_teacher.yaml").write_text("dataset: embedded\nnum_negatives: 7\n")
+        recipe.read_config.cache_clear()
+        with pytest.raises(ValueError, match="set negative_window differently"):
+            build_parser()
+    finally:
+        recipe.read_config.cache_clear()
+
+
 def test_reproduce_tiny(tmp_path):
     from rankers.cli import main
 

@@ -36,7 +36,9 @@ def _capacity_dims(text: str | list[int]) -> list[int]:
 
 def build_parser():
     from rankers.commands.parsing import command_parser
+    from rankers.commands.recipe import recipe_defaults
 
+    d = recipe_defaults()  # the recipe is the config files' (rankers/commands/recipe.py)
     p = command_parser("reproduce", __doc__)
     a = p.add_argument
     a("--output_dir", "--output-dir", default="runs/demo", help="where checkpoints, runs and the table go")
@@ -46,47 +48,64 @@ def build_parser():
       help="plant the embedded default's train-only cue (shows overfitting; also derails the teacher)")
     a("--embedded_label_noise", "--embedded-label-noise", type=float, default=0.0,
       help="share of the embedded default's training queries judged on a one-word near miss (annotator slips)")
-    a("--teacher_backbone", "--teacher-backbone", default="minilm",
-      help="CA backbone: 'minilm' (all-MiniLM-L6-v2, offline), 'tiny' (random 2-layer BERT), hub name or local directory")
-    a("--student_backbone", "--student-backbone", default="minilm", help="DE backbone (same choices)")
+    a("--teacher_backbone", "--teacher-backbone", default=d["teacher_backbone"],
+      help="CA backbone (configs/model/ca_teacher.yaml): 'minilm' (all-MiniLM-L6-v2, offline), 'tiny' (random "
+           "2-layer BERT), hub name or local directory")
+    a("--student_backbone", "--student-backbone", default=d["student_backbone"],
+      help="DE backbone (configs/model/de_labels.yaml; same choices)")
     a("--student_num_layers", "--student-num-layers", type=int, default=0,
       help="the student keeps the first k layers of its backbone (the paper: 12-layer CA, 6-layer DE); 0 = all "
            "(a 3-layer MiniLM student stays below BM25 on the embedded default, see README)")
-    a("--pooling", default="mean", choices=["cls", "mean"], help="DE pooling (mean for sentence-transformers models)")
-    a("--similarity", default="cos", choices=["cos", "dot"],
-      help="DE similarity (all-MiniLM-L6-v2 was trained with cosine / 0.05)")
-    a("--temperature", type=float, default=0.05, help="DE scores are similarity / temperature")
-    a("--losses", default="kl", help="comma-separated distillation losses: m3se,margin_mse,kl,softmax_ce,mse,rankdistil")
-    a("--label_weight", "--label-weight", type=float, default=0.0, help="weight of the one-hot label loss mixed into distillation")
-    a("--distillation_temperature", "--distillation-temperature", type=float, default=1.0,
+    a("--pooling", default=d["pooling"], choices=["cls", "mean"], help="DE pooling (configs/model/de_labels.yaml)")
+    a("--similarity", default=d["similarity"], choices=["cos", "dot"],
+      help="DE similarity (configs/model/de_labels.yaml; all-MiniLM-L6-v2 was trained with cosine / 0.05)")
+    a("--temperature", type=float, default=d["temperature"], help="DE scores are similarity / temperature")
+    a("--losses", default=d["losses"],
+      help="comma-separated distillation losses: m3se,margin_mse,kl,softmax_ce,mse,rankdistil "
+           "(default: configs/model/de_distill.yaml's)")
+    a("--label_weight", "--label-weight", type=float, default=d["label_weight"],
+      help="weight of the one-hot label loss mixed into distillation (configs/model/de_distill.yaml)")
+    a("--distillation_temperature", "--distillation-temperature", type=float, default=None,
       help="temperature T of the softmax losses (kl, softmax_ce): both score lists divided by T, loss times T² "
-           "(Hinton et al. 2015)")
+           "(Hinton et al. 2015); default: configs/model/de_distill.yaml's, else the class default")
     a("--train_split", "--train-split", default="train")
     a("--val_split", "--val-split", default="dev")
     a("--test_split", "--test-split", default="test")
     a("--teacher_checkpoint", "--teacher-checkpoint", default=None,
       help="reuse this CA checkpoint (e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier run) instead "
            "of training the teacher: it is still tested and scores the training candidates")
-    a("--teacher_epochs", "--teacher-epochs", type=int, default=3)
+    a("--teacher_epochs", "--teacher-epochs", type=int, default=d["teacher_epochs"],
+      help="(configs/ca_teacher.yaml trainer.max_epochs)")
     a("--teacher_val_every", "--teacher-val-every", type=int, default=0,
       help="validate the teacher every N epochs (0: only after the last one, which is then its checkpoint)")
-    a("--student_epochs", "--student-epochs", type=int, default=1)
-    a("--teacher_lr", "--teacher-lr", type=float, default=1e-4)
-    a("--teacher_head_lr", "--teacher-head-lr", type=float, default=2e-3, help="learning rate of the CA's fresh scoring head")
-    a("--student_lr", "--student-lr", type=float, default=1e-4)
-    a("--batch_size", "--batch-size", type=int, default=8, help="training queries per batch")
-    a("--num_negatives", "--num-negatives", type=int, default=15,
-      help="hard negatives per training query and step for the students (the teacher scores every one)")
-    a("--teacher_num_negatives", "--teacher-num-negatives", type=int, default=7, help="hard negatives per query and step for the teacher")
-    a("--max_length", "--max-length", type=int, default=64, help="CA pair length; DE passages use it too")
-    a("--query_max_length", "--query-max-length", type=int, default=32)
-    a("--max_train_queries", "--max-train-queries", type=int, default=400, help="training queries (0 = all)")
+    a("--student_epochs", "--student-epochs", type=int, default=d["student_epochs"],
+      help="(configs/de_distill.yaml trainer.max_epochs)")
+    a("--teacher_lr", "--teacher-lr", type=float, default=d["teacher_lr"], help="(configs/model/ca_teacher.yaml)")
+    a("--teacher_head_lr", "--teacher-head-lr", type=float, default=d["teacher_head_lr"],
+      help="learning rate of the CA's fresh scoring head (configs/model/ca_teacher.yaml)")
+    a("--student_lr", "--student-lr", type=float, default=d["student_lr"], help="(configs/model/de_labels.yaml)")
+    a("--batch_size", "--batch-size", type=int, default=d["batch_size"],
+      help="training queries per batch (configs/data/embedded.yaml)")
+    a("--num_negatives", "--num-negatives", type=int, default=d["num_negatives"],
+      help="hard negatives per training query and step for the students (configs/data/embedded.yaml; the teacher "
+           "scores every one)")
+    a("--teacher_num_negatives", "--teacher-num-negatives", type=int, default=d["teacher_num_negatives"],
+      help="hard negatives per query and step for the teacher (configs/data/embedded_teacher.yaml)")
+    a("--max_length", "--max-length", type=int, default=d["max_length"],
+      help="CA pair length; DE passages use it too (configs/model/ca_teacher.yaml)")
+    a("--query_max_length", "--query-max-length", type=int, default=d["query_max_length"],
+      help="(configs/model/de_labels.yaml)")
+    a("--max_train_queries", "--max-train-queries", type=int, default=d["max_train_queries"],
+      help="training queries (0 = all; configs/data/embedded.yaml)")
     a("--max_eval_queries", "--max-eval-queries", type=int, default=0,
       help="queries of each eval split (0 = all: the embedded default's 200 dev and 300 test queries; a sample "
            "of them adds which-queries noise of the size of the effects measured, see bench/RESULTS.md §4)")
-    a("--eval_depth", "--eval-depth", type=int, default=30, help="candidates per query to re-rank")
-    a("--negative_window", "--negative-window", default="0,30", help="rank window lo,hi of the BM25 candidates negatives come from")
-    a("--train_subset", "--train-subset", type=int, default=100, help="training queries evaluated each epoch (overfitting gap)")
+    a("--eval_depth", "--eval-depth", type=int, default=d["eval_depth"],
+      help="candidates per query to re-rank (configs/data/embedded.yaml)")
+    a("--negative_window", "--negative-window", default=d["negative_window"],
+      help="rank window lo,hi of the BM25 candidates negatives come from (configs/data/embedded.yaml)")
+    a("--train_subset", "--train-subset", type=int, default=d["train_subset"],
+      help="training queries evaluated each epoch (overfitting gap; configs/data/embedded.yaml)")
     a("--refresh_every", "--refresh-every", type=int, default=0,
       help="students re-mine their negatives with themselves every N epochs (ANCE-style); 0 = BM25 negatives")
     a("--denoise_margin", "--denoise-margin", type=float, default=None,
@@ -98,7 +117,7 @@ def build_parser():
     a("--precision", default="auto",
       help="'auto': bf16-mixed where the CPU / GPU has native bf16, else 32-true; or any Lightning precision")
     a("--num_workers", "--num-workers", type=int, default=0)
-    a("--seed", type=int, default=0)
+    a("--seed", type=int, default=d["seed"], help="(configs/de_distill.yaml seed_everything)")
     a("--wandb", action="store_true", help="log to W&B (offline when no key / network)")
     return p
 
@@ -279,6 +298,30 @@ def make_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def teacher_init_args(args) -> dict[str, Any]:
+    """The CA teacher: configs/model/ca_teacher.yaml's init_args with reproduce's flags on top."""
+    from rankers.commands.recipe import model_init_args
+
+    return {**model_init_args("model/ca_teacher.yaml"), "backbone": args.teacher_backbone,
+            "max_length": args.max_length, "lr": args.teacher_lr, "head_lr": args.teacher_head_lr}
+
+
+def student_init_args(args, loss: str | None) -> dict[str, Any]:
+    """A DE student: configs/model/de_labels.yaml (``loss`` None) or de_distill.yaml with ``loss``, under
+    reproduce's flags."""
+    from rankers.commands.recipe import model_init_args
+
+    kw = model_init_args("model/de_labels.yaml" if loss is None else "model/de_distill.yaml")
+    kw.update(backbone=args.student_backbone, num_layers=args.student_num_layers or None, pooling=args.pooling,
+              similarity=args.similarity, temperature=args.temperature, query_max_length=args.query_max_length,
+              passage_max_length=args.max_length, lr=args.student_lr)
+    if loss is not None:
+        kw.update(distillation_loss=loss, label_weight=args.label_weight)
+        if args.distillation_temperature is not None:
+            kw["distillation_temperature"] = args.distillation_temperature
+    return kw
+
+
 def run(args) -> dict[str, Any]:
     import lightning.pytorch as pl
 
@@ -299,8 +342,7 @@ def run(args) -> dict[str, Any]:
                                 "checkpoint, e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier reproduce run)")
     pl.seed_everything(args.seed, workers=True)
     dm = _datamodule(args, num_negatives=args.teacher_num_negatives)
-    ca = CrossAttentionRanker(backbone=args.teacher_backbone, max_length=args.max_length, lr=args.teacher_lr,
-                              head_lr=args.teacher_head_lr)
+    ca = CrossAttentionRanker(**teacher_init_args(args))
     if args.teacher_checkpoint:
         results["CA teacher"] = _test_only(args, ca, dm, out / "ca_teacher", args.teacher_checkpoint)
     else:
@@ -330,17 +372,10 @@ def run(args) -> dict[str, Any]:
         best = results["CA teacher"]["_meta"]["best_checkpoint"]
         mining = dict(denoise_margin=args.denoise_margin, mining_teacher=best)
         teacher_data = {}
-    students = [("DE labels", dict(label_weight=1.0, distillation_loss=None), dict(mining))]
-    for loss in losses:
-        students.append((f"DE {loss}", dict(label_weight=args.label_weight, distillation_loss=loss,
-                                             distillation_temperature=args.distillation_temperature),
-                         {**mining, **teacher_data}))
-    for name, model_kw, dm_kw in students:
+    students = [("DE labels", None, dict(mining))] + [(f"DE {loss}", loss, {**mining, **teacher_data}) for loss in losses]
+    for name, loss, dm_kw in students:
         pl.seed_everything(args.seed, workers=True)
-        de = DualEncoderRanker(backbone=args.student_backbone, num_layers=args.student_num_layers or None,
-                               pooling=args.pooling, similarity=args.similarity, temperature=args.temperature,
-                               query_max_length=args.query_max_length, passage_max_length=args.max_length,
-                               lr=args.student_lr, **model_kw)
+        de = DualEncoderRanker(**student_init_args(args, loss))
         slug = name.lower().replace(" ", "_")
         results[name] = _fit_and_test(args, name, de, _datamodule(args, **dm_kw), out / slug, args.student_epochs,
                                       refresh_every=args.refresh_every)
