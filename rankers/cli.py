@@ -38,6 +38,24 @@ def setup_logging(level: int = logging.INFO) -> None:
         logger.propagate = False
 
 
+def say_where_outputs_went(trainer) -> None:
+    """One log line naming the run directory and what was written there (rank zero only)."""
+    if trainer.global_rank != 0:
+        return
+    parts = [f"run directory {trainer.default_root_dir}"]
+    checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+    if checkpoint:
+        parts.append(f"best checkpoint {checkpoint}")
+    for callback in trainer.callbacks:
+        written = getattr(callback, "written", None)  # TeacherScoreWriter
+        if written:
+            parts.append(f"teacher scores {written}")
+    logger = trainer.logger
+    if logger is not None and getattr(logger, "log_dir", None):
+        parts.append(f"metrics in {logger.log_dir}")
+    logging.getLogger("rankers.cli").info("outputs: %s", "; ".join(parts))
+
+
 def lightning_cli(args=None, run: bool = True):
     """The LightningCLI with rankers' models and DataModule."""
     from lightning.pytorch.cli import LightningCLI
@@ -51,11 +69,18 @@ def lightning_cli(args=None, run: bool = True):
         def add_arguments_to_parser(self, parser) -> None:
             # the DataModule imports no model code: it is handed the one checkpoint loader
             parser.set_defaults({"data.model_loader": load_checkpoint})
-            # progress bars on a terminal only: a piped log gets no carriage-return spam
-            parser.set_defaults({"trainer.enable_progress_bar": progress_enabled()})
+            # progress bars and Lightning's model-summary table on a terminal only: a piped log gets one
+            # line per stage and the metrics (--trainer.enable_model_summary true brings the table back)
+            parser.set_defaults({"trainer.enable_progress_bar": progress_enabled(),
+                                 "trainer.enable_model_summary": progress_enabled()})
 
         def before_instantiate_classes(self) -> None:
             link_run_dir(self.config[self.subcommand] if self.subcommand else self.config)
+
+        def _say_where_outputs_went(self) -> None:
+            say_where_outputs_went(self.trainer)
+
+        after_fit = after_validate = after_test = after_predict = _say_where_outputs_went
 
     return RankersCLI(
         RankerModule,

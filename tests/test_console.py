@@ -119,3 +119,5 @@ def test_a_piped_training_run_has_no_carriage_returns_and_no_known_noise(tmp_pat
     for noise in ("LightningCLI's args parameter", "litlogger", "LeafSpec", "💡"):
         assert noise not in log, noise
     assert "val/rerank: mrr@10=" in log  # the metrics still reach the log, one line each
+    assert "Params" not in log and "Trainable params" not in log  # no model-summary table off a terminal
+    assert f"[rankers.cli] outputs: run directory {tmp_path / 'run'}; best checkpoint {tmp_path / 'run'}" in log
