@@ -71,6 +71,16 @@ def test_compare_baseline_test_and_compressed_inputs(runs, tmp_path):
     assert row["delta"] != 0 and (row["delta"] > 0) == (a.mean() > b.mean())
 
 
+def test_compare_on_map_from_ir_measures(runs):
+    """MAP (not in torchmetrics) through ir-measures: with one relevant passage per query AP is 1 / rank."""
+    qrels, paths, rankings = runs
+    result = main([str(paths["a"]), str(paths["c"]), "--qrels", str(qrels), "--metric", "MAP"])
+    (row,) = result["tests"]
+    a, c = _rr(rankings["a"]), _rr(rankings["c"])
+    assert row["metric"] == "map" and row["mean"] == pytest.approx(c.mean()) and row["baseline_mean"] == pytest.approx(a.mean())
+    assert row["p_value"] == pytest.approx(stats.ttest_rel(c, a).pvalue)
+
+
 def test_compare_errors_name_the_problem(runs, tmp_path):
     qrels, paths, _ = runs
     with pytest.raises(ValueError, match="needs at least two runs"):

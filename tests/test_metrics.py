@@ -198,7 +198,7 @@ def test_ties_are_broken_by_passage_id_descending_like_trec_eval():
         assert result["ndcg@10"] == pytest.approx(trec["ndcg@10"], abs=TOL)
 
 
-@pytest.mark.parametrize("name", ["mrr", "map@10", "ndcg@0", "recall@-1", "ndcg@ten", "", "mrr@10@2"])
+@pytest.mark.parametrize("name", ["mrr", "mapp@10", "ndcg@0", "recall@-1", "ndcg@ten", "", "mrr@10@2", "map@0"])
 def test_unknown_or_malformed_metric_names_raise(name):
     with pytest.raises(ValueError, match="metric"):
         evaluate_run({"q": {"a": 1.0}}, {"q": {"a": 1}}, [name])
@@ -217,3 +217,32 @@ def test_nan_score_raises_naming_query_and_passage():
 def test_no_query_with_positive_raises():
     with pytest.raises(ValueError, match="positive"):
         evaluate_run({"q": {"a": 1.0}}, {"q": {"a": 0}})
+
+
+# ----------------------------------------------------------------------------- MAP, R-prec, judged@k (ir-measures)
+def test_map_rprec_and_judged_by_hand():
+    """a (grade 1), x (unjudged), c (grade 2), b (judged 0): AP = (1/1 + 2/3) / 2, R-prec = P@2 = 1/2,
+    AP@2 = (1/1) / 2 (trec_eval's map_cut divides by R), judged@2 = 1/2 (x has no judgment)."""
+    run = {"q1": {"a": 0.9, "x": 0.8, "c": 0.7, "b": 0.1}}
+    qrels = {"q1": {"a": 1, "b": 0, "c": 2}, "q2": {"d": 1}, "q3": {"e": 0}}  # q2: not in the run; q3: no positive
+    result = evaluate_run(run, qrels, ["MAP", "map@2", "r-prec", "judged@2", "mrr@10"], per_query=True)
+    assert result["per_query"]["q1"] == pytest.approx(
+        {"map": (1 + 2 / 3) / 2, "map@2": 0.5, "r-prec": 0.5, "judged@2": 0.5, "mrr@10": 1.0}, abs=TOL)
+    assert result["per_query"]["q2"] == {"map": 0.0, "map@2": 0.0, "r-prec": 0.0, "judged@2": 0.0, "mrr@10": 0.0}
+    assert result["map"] == pytest.approx((1 + 2 / 3) / 4, abs=TOL) and result["num_skipped"] == 1
+    for bad, says in (("r-prec@5", "takes no cutoff"), ("judged", "needs a cutoff"), ("mapp@3", "unknown metric")):
+        with pytest.raises(ValueError, match=says):
+            evaluate_run(run, qrels, [bad])
+
+
+def test_map_and_rprec_match_ranx_on_scifact(scifact_case):
+    run, binary, _ = scifact_case
+    result = evaluate_run(run, binary, ["map", "map@100", "r-prec"], per_query=True)
+    evaluated = list(result["per_query"])
+    rx = _ranx_per_query(run, binary, ["map", "map@100", "r-precision"], evaluated)
+    for qid in evaluated:
+        mine = result["per_query"][qid]
+        assert mine["map"] == pytest.approx(rx[qid]["map"], abs=TOL), qid
+        assert mine["map@100"] == pytest.approx(rx[qid]["map@100"], abs=TOL), qid
+        assert mine["r-prec"] == pytest.approx(rx[qid]["r-precision"], abs=TOL), qid
+    assert 0.0 < result["map"] < 1.0 and 0.0 < result["r-prec"] < 1.0

@@ -46,7 +46,8 @@ def build_parser():
     p.add_argument("runs", nargs="+", help="TREC run files (qid Q0 pid rank score tag), each PATH or NAME=PATH")
     p.add_argument("--qrels", required=True, help="judgements: BEIR tsv or TREC qrels")
     p.add_argument("--baseline", default=None, help="the run every other is tested against (default: the first)")
-    p.add_argument("--metric", default="mrr@10", help="the metric of the tests (any of rankers' metrics, e.g. ndcg@10)")
+    p.add_argument("--metric", default="mrr@10", help="the metric of the tests: mrr@k, ndcg@k, recall@k, precision@k (torchmetrics) or map, map@k, "
+                        "r-prec, judged@k (ir-measures)")
     p.add_argument("--test", default="t-test", choices=list(TESTS), help="paired test")
     p.add_argument("--correction", default="holm", choices=list(CORRECTIONS), help="multiple-comparison correction")
     p.add_argument("--alpha", type=float, default=0.05)
@@ -58,9 +59,10 @@ def compare(runs: dict[str, Path], qrels_path: Path, *, baseline: str | None = N
             test: str = "t-test", correction: str = "holm", alpha: float = 0.05) -> dict[str, Any]:
     """Means of each run and the paired tests against ``baseline``; returns ``{"means", "tests", "markdown"}``."""
     from datamodules.readers.trec import read_qrels, read_run
-    from rankers.evaluation.metrics import evaluate_run
+    from rankers.evaluation.metrics import evaluate_run, metric_name
     from rankers.evaluation.significance import compare_systems, significance_markdown
 
+    metric = metric_name(metric)  # MAP -> map; an unknown name fails before any file is read
     qrels = read_qrels(qrels_path)
     loaded = {name: read_run(path) for name, path in runs.items()}
     baseline = baseline or next(iter(loaded))

@@ -78,7 +78,7 @@ def parse_metric(metric: str) -> MetricSpec:
         ValueError: for an unknown name, a missing/invalid cutoff or a cutoff < 1.
     """
     match = _METRIC_RE.match(metric.strip().lower()) if isinstance(metric, str) else None
-    known = ", ".join(f"{name}@k" for name in _METRIC_FUNCTIONS)
+    known = ", ".join([f"{name}@k" for name in _METRIC_FUNCTIONS] + ["map", "map@k", "r-prec", "judged@k"])
     if match is None:
         raise ValueError(f"metric {metric!r}: expected 'name@k' with k a positive integer, one of {known}")
     name, k = match.group(1), int(match.group(2))
@@ -87,6 +87,16 @@ def parse_metric(metric: str) -> MetricSpec:
     if k < 1:
         raise ValueError(f"metric {metric!r}: cutoff k must be >= 1, got {k}")
     return MetricSpec(name, k)
+
+
+def metric_name(metric: str) -> str:
+    """The canonical (result-key) name of any metric :func:`evaluate_run` takes; raises ValueError for unknown ones."""
+    from rankers.evaluation.trec_measures import _measure, is_trec_measure
+
+    if is_trec_measure(metric):
+        _measure(metric)  # validates the cutoff
+        return metric.strip().lower()
+    return str(parse_metric(metric))
 
 
 def rank_passages(candidates: Mapping[str, float]) -> list[str]:
@@ -188,8 +198,9 @@ def evaluate_run(
     Args:
         run: query id -> {passage id: score}; higher scores rank first.
         qrels: query id -> {passage id: relevance grade}; grade > 0 means relevant.
-        metrics: names ``name@k`` with name in mrr, ndcg, recall, precision (case-insensitive;
-            result keys use the lower-case form).
+        metrics: names ``name@k`` with name in mrr, ndcg, recall, precision (torchmetrics), or ``map``,
+            ``map@k``, ``r-prec``, ``judged@k`` (ir-measures, :mod:`rankers.evaluation.trec_measures`);
+            case-insensitive, result keys use the lower-case form.
         per_query: also return ``"per_query": {query id: {metric: value}}``.
 
     Returns:
@@ -198,9 +209,13 @@ def evaluate_run(
     Raises:
         ValueError: unknown metric name, NaN score in the run, or no query with a positive.
     """
-    specs = [parse_metric(m) for m in ([metrics] if isinstance(metrics, str) else metrics)]
-    if not specs:
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not names:
         raise ValueError("evaluate_run: metrics is empty")
+    from rankers.evaluation.trec_measures import is_trec_measure, trec_measure_values
+
+    trec_names = [m for m in names if is_trec_measure(m)]  # MAP, R-prec, judged@k: ir-measures
+    specs = [parse_metric(m) for m in names if not is_trec_measure(m)]
 
     evaluated = [qid for qid, judged in qrels.items() if any(rel > 0 for rel in judged.values())]
     num_skipped = len(qrels) - len(evaluated)
@@ -222,6 +237,8 @@ def evaluate_run(
                 value = cache[key] = _torchmetrics_value(spec, key[1:])
             values[str(spec)].append(value)
 
+    if trec_names:
+        values.update(trec_measure_values(run, qrels, trec_names, evaluated))
     result: dict = {name: math.fsum(vals) / len(vals) for name, vals in values.items()}
     result["num_queries"] = len(evaluated)
     result["num_skipped"] = num_skipped

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rankers.evaluation.metrics import Qrels, Run, evaluate_run, parse_metric
+from rankers.evaluation.metrics import Qrels, Run, evaluate_run, metric_name
 
 Test = Literal["t-test", "wilcoxon", "permutation"]
 Correction = Literal["holm", "bonferroni", "none"]
@@ -55,7 +55,7 @@ def per_query_scores(run: Run, qrels: Qrels, metric: str = "mrr@10") -> dict[str
     queries of ``qrels`` that ``run`` lacks score 0; queries of ``run`` outside ``qrels`` are ignored.
     So two runs evaluated against the same qrels always cover the same queries.
     """
-    name = str(parse_metric(metric))
+    name = metric_name(metric)
     result = evaluate_run(run, qrels, [name], per_query=True)
     return {qid: values[name] for qid, values in result["per_query"].items()}
 
@@ -240,7 +240,7 @@ def compare_systems(
         raise ValueError(f"compare_systems: correction {correction!r}: expected one of {', '.join(CORRECTIONS)}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"compare_systems: alpha must lie in (0, 1), got {alpha}")
-    name = str(parse_metric(metric))
+    name = metric_name(metric)
     base = per_query_scores(runs[baseline], qrels, name)
     rows: list[dict[str, Any]] = []
     for system, run in runs.items():
