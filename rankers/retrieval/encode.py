@@ -102,6 +102,23 @@ def encode_texts(
     return out
 
 
+def embedding_pair_scores(model, queries, corpus, query_row: np.ndarray, passage_row: np.ndarray, *,
+                          batch_size: int = 256) -> np.ndarray:
+    """A dual encoder's score of each (query row, passage row) pair -- query · passage / temperature, as its
+    ``pair_scores`` -- from one embedding per distinct query and passage (``queries`` / ``corpus``: datasets
+    with a ``text`` column, indexed by the rows)."""
+    q_rows, q_index = np.unique(query_row, return_inverse=True)
+    p_rows, p_index = np.unique(passage_row, return_inverse=True)
+    q_emb = encode_texts(model, queries.select(q_rows.tolist())["text"] if len(q_rows) else [], "query",
+                         batch_size=batch_size)
+    p_emb = encode_texts(model, corpus.select(p_rows.tolist())["text"] if len(p_rows) else [], "passage",
+                         batch_size=batch_size)
+    q_index = torch.from_numpy(q_index.reshape(-1).astype(np.int64))
+    p_index = torch.from_numpy(p_index.reshape(-1).astype(np.int64))
+    scores = (q_emb.float()[q_index] * p_emb.float()[p_index]).sum(-1) / float(getattr(model, "temperature", 1.0))
+    return scores.numpy()
+
+
 # --- chunked, resumable encoding (the ``index`` command) ------------------------------------------
 CHUNK_MANIFEST = "manifest.json"
 
