@@ -104,6 +104,23 @@ def test_published_score_and_negative_files_drive_fit(workdir, monkeypatch, tmp_
                for ex in train.examples for p in (*ex.positives, *ex.negatives))
 
 
+def test_a_checkpoint_of_a_model_built_in_python_tests_through_the_cli(workdir, monkeypatch, tmp_path):
+    """reproduce and the API build models in Python, not through the LightningCLI: their checkpoints must
+    still rebuild the right class under `rankers test --ckpt_path` (not the RankerModule base class)."""
+    import lightning.pytorch as pl
+
+    from rankers.models.dual_encoder import DualEncoderRanker
+
+    model = DualEncoderRanker(backbone="tiny", similarity="dot", temperature=1.0)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "python.ckpt")
+    cli = _cli(workdir, monkeypatch, "test", "--config", "configs/de_baseline.yaml", *SMOKE,
+               "--ckpt_path", str(tmp_path / "python.ckpt"))
+    assert type(cli.model).__name__ == "DualEncoderRanker" and cli.model.similarity == "dot"
+    assert "test/rerank/mrr@10" in cli.trainer.callback_metrics
+
+
 def test_distill_without_score_file_names_the_command(workdir, monkeypatch):
     with pytest.raises(FileNotFoundError, match="rankers predict --config configs/ca_teacher.yaml"):
         _cli(workdir, monkeypatch, "fit", "--config", "configs/de_distill.yaml", *SMOKE,
