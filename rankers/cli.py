@@ -38,14 +38,18 @@ def setup_logging(level: int = logging.INFO) -> None:
         logger.propagate = False
 
 
-def say_where_outputs_went(trainer) -> None:
+def say_where_outputs_went(trainer, stage: str = "fit") -> None:
     """One log line naming the run directory and what was written there (rank zero only)."""
     if trainer.global_rank != 0:
         return
     parts = [f"run directory {trainer.default_root_dir}"]
-    checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
-    if checkpoint:
-        parts.append(f"best checkpoint {checkpoint}")
+    if stage == "fit":
+        checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+        if checkpoint:
+            parts.append(f"best checkpoint {checkpoint}")
+    elif trainer.ckpt_path:
+        verb = {"validate": "validated", "test": "tested", "predict": "predicted with"}[stage]
+        parts.append(f"checkpoint {verb} {trainer.ckpt_path}")
     for callback in trainer.callbacks:
         written = getattr(callback, "written", None)  # TeacherScoreWriter
         if written:
@@ -77,10 +81,17 @@ def lightning_cli(args=None, run: bool = True):
         def before_instantiate_classes(self) -> None:
             link_run_dir(self.config[self.subcommand] if self.subcommand else self.config)
 
-        def _say_where_outputs_went(self) -> None:
-            say_where_outputs_went(self.trainer)
+        def after_fit(self) -> None:
+            say_where_outputs_went(self.trainer, "fit")
 
-        after_fit = after_validate = after_test = after_predict = _say_where_outputs_went
+        def after_validate(self) -> None:
+            say_where_outputs_went(self.trainer, "validate")
+
+        def after_test(self) -> None:
+            say_where_outputs_went(self.trainer, "test")
+
+        def after_predict(self) -> None:
+            say_where_outputs_went(self.trainer, "predict")
 
     return RankersCLI(
         RankerModule,

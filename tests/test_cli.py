@@ -115,10 +115,21 @@ def test_a_checkpoint_of_a_model_built_in_python_tests_through_the_cli(workdir, 
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "python.ckpt")
-    cli = _cli(workdir, monkeypatch, "test", "--config", "configs/de_baseline.yaml", *SMOKE,
-               "--ckpt_path", str(tmp_path / "python.ckpt"))
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("rankers.cli").addHandler(handler)
+    try:
+        cli = _cli(workdir, monkeypatch, "test", "--config", "configs/de_baseline.yaml", *SMOKE,
+                   "--ckpt_path", str(tmp_path / "python.ckpt"))
+    finally:
+        logging.getLogger("rankers.cli").removeHandler(handler)
     assert type(cli.model).__name__ == "DualEncoderRanker" and cli.model.similarity == "dot"
     assert "test/rerank/mrr@10" in cli.trainer.callback_metrics
+    assert [r.getMessage() for r in records] == [
+        f"outputs: run directory runs/de_baseline; checkpoint tested {tmp_path / 'python.ckpt'}"]
 
 
 def test_distill_without_score_file_names_the_command(workdir, monkeypatch):
