@@ -89,7 +89,7 @@ def test_bad_hard_negatives_name_file_line_and_field(tmp_path, records, where):
     with pytest.raises(DataFormatError, match=where):
         read_hard_negatives(path)
     (tmp_path / "broken.jsonl").write_text('{"qid": 1, "neg": {}}\n{"qid": 2, "neg": \n')
-    with pytest.raises(DataFormatError, match=r"broken\.jsonl:2: invalid JSON"):
+    with pytest.raises(DataFormatError, match=r"broken\.jsonl:2: malformed JSON"):
         read_hard_negatives(tmp_path / "broken.jsonl")
 
 

@@ -20,13 +20,13 @@ Pickles are refused before anything is read (:mod:`.compression`).
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from .compression import logical_name, open_binary
 from .errors import DataFormatError
 from .lines import iter_lines, json_key_locator
+from .texts import json_object
 from .trec import Run, read_run
 
 __all__ = ["read_score_pairs", "read_hard_negatives", "read_parquet_run", "detect_format", "read_teacher_scores",
@@ -85,12 +85,7 @@ def read_hard_negatives(path: str | Path, *, systems: list[str] | None = None) -
     run: Run = {}
     seen_systems: set[str] = set()
     for line, text in iter_lines(path, locate_field=json_key_locator):
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(path, line, None, f"invalid JSON: {err.msg} at column {err.colno}") from None
-        if not isinstance(record, dict):
-            raise DataFormatError(path, line, None, f"expected a JSON object, got {type(record).__name__}")
+        record = json_object(path, line, text)
         for key in ("qid", "neg"):
             if key not in record:
                 raise DataFormatError(path, line, key, "missing")

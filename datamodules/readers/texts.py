@@ -70,7 +70,7 @@ def _check_text(path: str | Path, line: int | None, field: str, text: str) -> st
     return text
 
 
-def _json_object(path: Path, line: int, text: str) -> dict[str, Any]:
+def json_object(path: Path, line: int, text: str) -> dict[str, Any]:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
@@ -89,7 +89,7 @@ def _required(path: Path, line: int, record: Mapping[str, Any], field: str) -> A
 def parse_beir_corpus(path: Path) -> Iterator[Record]:
     """BEIR ``corpus.jsonl``: ``{"_id", "title"?, "text"}``; text is title + text."""
     for line, raw in iter_lines(path, locate_field=json_key_locator):
-        record = _json_object(path, line, raw)
+        record = json_object(path, line, raw)
         pid = check_id(path, line, "_id", _required(path, line, record, "_id"))
         text = check_string(path, line, "text", _required(path, line, record, "text"))
         title = check_string(path, line, "title", record.get("title", ""))
@@ -99,7 +99,7 @@ def parse_beir_corpus(path: Path) -> Iterator[Record]:
 def parse_beir_queries(path: Path) -> Iterator[Record]:
     """BEIR ``queries.jsonl``: ``{"_id", "text"}`` (other keys ignored)."""
     for line, raw in iter_lines(path, locate_field=json_key_locator):
-        record = _json_object(path, line, raw)
+        record = json_object(path, line, raw)
         qid = check_id(path, line, "_id", _required(path, line, record, "_id"))
         text = check_string(path, line, "text", _required(path, line, record, "text"))
         yield line, qid, _check_text(path, line, "text", text).strip()
