@@ -10,7 +10,7 @@ than fp32 -- encoding 1.37x the time, forward + backward 1.4-1.55x, the DE train
 1.37x (``bench/length_buckets.py --precision fp32|bf16``) -- while on an AMD EPYC (Zen 4) with the same
 flag it encoded 1.8x faster (fp32 22 passages/s, bf16 39-42, minimum cosine to the fp32 embeddings
 0.99997; issue 15). So on a CPU with the flags, :func:`cpu_bf16_speedup` times a transformer feed-forward
-block in both precisions once per machine (about half a second; cached under
+block in both precisions once per machine (0.32 s on the Intel Xeon above; cached under
 ``rankers_home()/cache/precision``) and ``auto`` picks bf16 only when it is at least
 :data:`BF16_MIN_SPEEDUP` times faster.
 """
@@ -88,8 +88,7 @@ def cpu_bf16_speedup() -> float:
         pass
     speedup = measure_cpu_bf16_speedup()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as handle:
+        with atomic_write(path) as handle:  # creates the directory
             json.dump({**key, "speedup": speedup}, handle)
     except OSError as err:  # a read-only home: measure again next time
         log.debug("could not cache the bf16 probe in %s: %s", path, err)
@@ -107,12 +106,17 @@ def _cpu_choice() -> tuple[bool, str]:
                    f"below {BF16_MIN_SPEEDUP:.2f}x")
 
 
+def _choice(accelerator: str) -> tuple[bool, str]:
+    """(bf16 autocast on the device the trainer would use?, the reason in words)."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        native = bool(torch.cuda.is_bf16_supported())
+        return native, f"GPU {'has' if native else 'lacks'} native bf16"
+    return _cpu_choice()
+
+
 def bf16_native(accelerator: str = "auto") -> bool:
     """True where bf16 autocast runs natively, and on a CPU measurably faster, on the device the trainer would use."""
-    use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if use_cuda:
-        return bool(torch.cuda.is_bf16_supported())
-    return _cpu_choice()[0]
+    return _choice(accelerator)[0]
 
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
@@ -120,12 +124,8 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     (one log line says which and why); any other value (``"32-true"``, ``"bf16-mixed"``, ...) is returned as given."""
     if precision != "auto":
         return precision
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        native = bool(torch.cuda.is_bf16_supported())
-        chosen, reason = ("bf16-mixed" if native else "32-true"), f"GPU {'has' if native else 'lacks'} native bf16"
-    else:
-        bf16, reason = _cpu_choice()
-        chosen = "bf16-mixed" if bf16 else "32-true"
+    bf16, reason = _choice(accelerator)
+    chosen = "bf16-mixed" if bf16 else "32-true"
     log.info("precision auto: %s (%s)", chosen, reason)
     return chosen
 
@@ -139,7 +139,7 @@ def inference_autocast(precision: str, device: torch.device | str):
     chosen = resolve_precision(precision, "gpu" if device.type == "cuda" else "cpu")
     if chosen.startswith("bf16"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    if chosen not in ("32-true", "32", "64-true"):
+    if chosen != "32-true":
         raise ValueError(f"precision {precision!r}: use 'auto', '32-true' or 'bf16-mixed' outside training")
     return contextlib.nullcontext()
 

@@ -78,7 +78,9 @@ def parse_metric(metric: str) -> MetricSpec:
         ValueError: for an unknown name, a missing/invalid cutoff or a cutoff < 1.
     """
     match = _METRIC_RE.match(metric.strip().lower()) if isinstance(metric, str) else None
-    known = ", ".join([f"{name}@k" for name in _METRIC_FUNCTIONS] + ["map", "map@k", "r-prec", "judged@k"])
+    from rankers.evaluation.trec_measures import TREC_MEASURES
+
+    known = ", ".join([f"{name}@k" for name in _METRIC_FUNCTIONS] + list(TREC_MEASURES))
     if match is None:
         raise ValueError(f"metric {metric!r}: expected 'name@k' with k a positive integer, one of {known}")
     name, k = match.group(1), int(match.group(2))
@@ -91,12 +93,9 @@ def parse_metric(metric: str) -> MetricSpec:
 
 def metric_name(metric: str) -> str:
     """The canonical (result-key) name of any metric :func:`evaluate_run` takes; raises ValueError for unknown ones."""
-    from rankers.evaluation.trec_measures import _measure, is_trec_measure
+    from rankers.evaluation.trec_measures import check_trec_measure, is_trec_measure
 
-    if is_trec_measure(metric):
-        _measure(metric)  # validates the cutoff
-        return metric.strip().lower()
-    return str(parse_metric(metric))
+    return check_trec_measure(metric) if is_trec_measure(metric) else str(parse_metric(metric))
 
 
 def rank_passages(candidates: Mapping[str, float]) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-__all__ = ["TREC_MEASURES", "is_trec_measure", "trec_measure_values"]
+__all__ = ["TREC_MEASURES", "is_trec_measure", "check_trec_measure", "trec_measure_values"]
 
 _NAMES = re.compile(r"^(map|r-prec|judged)(?:@([0-9]+))?$")
 TREC_MEASURES = ("map", "map@k", "r-prec", "judged@k")
@@ -28,6 +28,12 @@ def _parse(name: str) -> tuple[str, int | None] | None:
 
 def is_trec_measure(name: str) -> bool:
     return _parse(name) is not None
+
+
+def check_trec_measure(name: str) -> str:
+    """The canonical (lower-case) name of a measure of this module; ValueError for a bad cutoff."""
+    _measure(name)
+    return name.strip().lower()
 
 
 def _measure(name: str):

@@ -58,9 +58,6 @@ class CrossAttentionRanker(RankerModule):
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio, head_lr=head_lr)
         self.save_hyperparameters()
-        # what the LightningCLI records for the models it builds, also for those built in Python (reproduce, the
-        # API), so that `rankers test --ckpt_path` of any checkpoint rebuilds this class, not the base class
-        self.hparams.setdefault("_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
         self.max_length = max_length
         self.length_buckets = length_buckets
         self.temperature = temperature

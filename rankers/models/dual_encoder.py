@@ -143,9 +143,6 @@ class DualEncoderRanker(RankerModule):
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio)
         self.save_hyperparameters()
-        # what the LightningCLI records for the models it builds, also for those built in Python (reproduce, the
-        # API), so that `rankers test --ckpt_path` of any checkpoint rebuilds this class, not the base class
-        self.hparams.setdefault("_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
         if distillation_loss is None and label_weight <= 0:
             raise ValueError("DualEncoderRanker: label_weight must be > 0 when no distillation_loss is set")
         if teacher_checkpoint is not None and distillation_loss is None:

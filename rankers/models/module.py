@@ -75,6 +75,11 @@ class RankerModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rankers_step_seed"] = self._base_seed()
+        # the class, as the LightningCLI records it for the models it builds, also for those built in Python
+        # (reproduce, the API): `rankers test --ckpt_path` then rebuilds this class, not RankerModule
+        hparams = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
+        if isinstance(hparams, dict):
+            hparams.setdefault("_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rankers_step_seed" in checkpoint:
