@@ -60,7 +60,7 @@ def _batches(model, num_negatives: int, batch_size: int, count: int):
 
 
 def _padding_share(batch, key: str) -> float:
-    mask = batch[key]["attention_mask"]
+    mask = getattr(batch, key)["attention_mask"]
     return 1.0 - float(mask.sum()) / mask.numel()
 
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         batches = _batches(models[buckets[0]], negatives, args.batch_size, args.steps + 1)
         for batch in batches:
             if name == "DE":
-                batch["teacher_scores"] = torch.randn(batch["mask"].shape)
+                batch.teacher_scores = torch.randn(batch.mask.shape)
         optimizers = {b: torch.optim.AdamW(m.parameters(), lr=1e-5) for b, m in models.items()}
 
         def step(b, batch):

@@ -130,7 +130,7 @@ class SuiteEvaluator(Callback):
                 for batch in loader:
                     batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
                     scores.append(pl_module.pair_scores(batch).float().cpu())
-                    index.append(batch["pair_index"].cpu())
+                    index.append(batch.pair_index.cpu())
         finally:
             pl_module.train(was_training)
         return torch.cat(index).numpy(), torch.cat(scores).numpy()

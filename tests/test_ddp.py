@@ -106,8 +106,8 @@ def _worker(out: Path) -> None:
                                  "start": context.get_start_method() if context is not None else None})
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            self.batches.append({"epoch": trainer.current_epoch, "query_ids": batch["query_ids"],
-                                 "passage_ids": batch["passage_ids"]})
+            self.batches.append({"epoch": trainer.current_epoch, "query_ids": batch.query_ids,
+                                 "passage_ids": batch.passage_ids})
 
     for name, overrides in DATA_SPLIT_RUNS.items():
         dm, recorder = _datamodule(**overrides), BatchRecorder()
@@ -340,9 +340,9 @@ def test_keyed_collator_labels_match_the_collators_in_batch_labels():
 
     examples = _loss_examples()
     batch = _model().collator()(examples)
-    labels = distributed.key_labels(batch["positive_keys"], batch["positive_mask"],
-                                    batch["passage_keys"].reshape(-1), batch["mask"].reshape(-1))
-    assert torch.equal(labels, batch["in_batch_labels"])
+    labels = distributed.key_labels(batch.positive_keys, batch.positive_mask,
+                                    batch.passage_keys.reshape(-1), batch.mask.reshape(-1))
+    assert torch.equal(labels, batch.in_batch_labels)
     assert labels[0].sum() >= 2  # query 0's positive in its own list and in query 3's
     assert distributed.id_keys(["p1", "p1", "p2"]).tolist()[0] == distributed.id_keys(["p1"]).item()
 

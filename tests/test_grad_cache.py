@@ -82,7 +82,7 @@ def test_dropout_masks_are_replayed_in_the_backward_pass():
     reference = _model(True)  # same weights; encode chunk by chunk with a graph, queries first, as the cache does
     reference.zero_grad(set_to_none=True)
     torch.manual_seed(7)
-    sides = {"query": batch["query_inputs"], "passage": batch["passage_inputs"]}
+    sides = {"query": batch.query_inputs, "passage": batch.passage_inputs}
     emb = {side: torch.cat([reference._encode({k: v[lo:lo + chunk] for k, v in inputs.items()}, side)
                             for lo in range(0, inputs["input_ids"].shape[0], chunk)])
            for side, inputs in sides.items()}

@@ -27,14 +27,32 @@ def _examples(teacher=False):
 
 def test_collate_pads_masks_and_marks_in_batch_positives():
     batch = collate_listwise(_examples(teacher=True))
-    assert batch["mask"].tolist() == [[True, True, True], [True, True, False]]
-    assert batch["passages"][-1] == ""  # padding slot
+    assert batch.mask.tolist() == [[True, True, True], [True, True, False]]
+    assert batch.passages[-1] == ""  # padding slot
     # flat passages: a b c | b a <pad>; q1's positive 'a' is at 0 and 4; q2's positive 'b' at 1 and 3
-    assert batch["in_batch_labels"].tolist() == [
+    assert batch.in_batch_labels.tolist() == [
         [True, False, False, False, True, False],
         [False, True, False, True, False, False],
     ]
-    assert batch["teacher_scores"][1, :2].tolist() == [2.5, 0.5]
+    assert batch.teacher_scores[1, :2].tolist() == [2.5, 0.5]
+
+
+def test_batches_are_typed_and_lightning_moves_their_tensors_without_losing_the_type():
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    from rankers.models.batches import ListwiseBatch, PairBatch
+
+    de = DualEncoderRanker(backbone="tiny", passage_max_length=16, query_max_length=8)
+    batch = de.collator()(_examples(teacher=True))
+    assert isinstance(batch, ListwiseBatch) and (batch.size, batch.width) == (2, 3)
+    assert batch.repeated_queries()[:3] == [batch.queries[0]] * 3
+    assert batch.passage_keys.shape == (2, 3) and batch.positive_mask.tolist() == [[True], [True]]
+    moved = move_data_to_device(batch, torch.device("cpu"))
+    assert isinstance(moved, ListwiseBatch) and moved.query_ids == batch.query_ids
+    assert torch.equal(moved.query_inputs["input_ids"], batch.query_inputs["input_ids"])
+    pairs = de.collator()([{"pair_index": 7, "query_id": "q1", "query": "a red box", "passage_id": "a",
+                            "passage": "the red box has a blue lid"}])
+    assert isinstance(pairs, PairBatch) and pairs.pair_index.tolist() == [7] and pairs.passage_inputs is not None
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +74,7 @@ def test_ca_listwise_loss_is_softmax_ce_over_its_pair_scores(ca):
     scores = torch.full((2, 3), 0.0)
     for i, ex in enumerate(exs):
         scores[i, : len(ex["passages"])] = ca.score([ex["query"]] * len(ex["passages"]), ex["passages"])
-    expected = one_hot_ce(scores, None, batch["labels"] > 0, batch["mask"])
+    expected = one_hot_ce(scores, None, batch.labels > 0, batch.mask)
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
@@ -64,10 +82,10 @@ def test_de_label_loss_uses_in_batch_negatives(de):
     batch = de.collator()(_examples())
     loss, parts = de.listwise_loss(batch)
     with torch.no_grad():
-        q = de.encode_query_inputs(batch["query_inputs"])
-        p = de.encode_passage_inputs(batch["passage_inputs"])
+        q = de.encode_query_inputs(batch.query_inputs)
+        p = de.encode_passage_inputs(batch.passage_inputs)
     full = q @ p.T
-    expected = one_hot_ce(full, None, batch["in_batch_labels"], batch["mask"].reshape(1, -1).expand(2, -1))
+    expected = one_hot_ce(full, None, batch.in_batch_labels, batch.mask.reshape(1, -1).expand(2, -1))
     assert torch.allclose(loss, expected, atol=1e-5)
     de.in_batch_negatives = False
     try:
@@ -75,7 +93,7 @@ def test_de_label_loss_uses_in_batch_negatives(de):
     finally:
         de.in_batch_negatives = True
     own = torch.stack([full[0, 0:3], full[1, 3:6]])
-    assert torch.allclose(own_loss, one_hot_ce(own, None, batch["labels"] > 0, batch["mask"]), atol=1e-5)
+    assert torch.allclose(own_loss, one_hot_ce(own, None, batch.labels > 0, batch.mask), atol=1e-5)
     assert not torch.allclose(own_loss, loss)
 
 
@@ -111,7 +129,7 @@ def test_de_similarity_options_and_projection():
     de = DualEncoderRanker(backbone="embedded", similarity="cos", embedding_dim=16, pooling="mean",
                            shared_towers=False).eval()
     batch = de.collator()(_examples())
-    q = de.encode_query_inputs(batch["query_inputs"])
+    q = de.encode_query_inputs(batch.query_inputs)
     assert q.shape == (2, 16)
     assert torch.allclose(q.norm(dim=-1), torch.ones(2), atol=1e-5)
     assert de.query_encoder is not de.passage_encoder
@@ -200,8 +218,11 @@ def test_ca_head_trains_at_its_own_learning_rate():
 def test_pretrained_ca_leaves_the_uniform_plateau_within_a_few_dozen_steps(tmp_path):
     """all-MiniLM-L6-v2 (a sentence-embedding checkpoint: its [CLS] pooler and the classifier are untrained
     for scoring) as CA on the embedded data, with the default learning rates (body 1e-4, head 2e-3): the
-    listwise loss leaves ln(8) within 40 steps of 8 queries x 8 candidates (measured 1.78). At the old
-    default (everything at 3e-5) it was still at 2.07 after 40 steps, and 1.99 with only the head at 2e-3."""
+    listwise loss leaves ln(8) within 60 steps of 8 queries x 8 candidates. Measured mean of the last 10 losses:
+    at 40 steps 1.78 on an AMD EPYC with AVX-512 but 1.95 on a Zen 3 EPYC (AVX2 only: the exit from the plateau
+    starts around step 30 and the schedule had decayed to 0 by step 40); at 60 steps 0.99 and 1.14 (seeds 0, 1) on
+    the Zen 3 machine. At the old default (everything at 3e-5) it was still at 2.07 after 40 steps, and 1.99 with
+    only the head at 2e-3."""
     import math
 
     from datamodules.datamodule import RankingDataModule
@@ -217,8 +238,8 @@ def test_pretrained_ca_leaves_the_uniform_plateau_within_a_few_dozen_steps(tmp_p
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = pl.Trainer(max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_steps=60, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, callbacks=[Record()], accelerator="cpu")
     trainer.fit(ca, datamodule=dm)
     assert sum(losses[:5]) / 5 > math.log(8) - 0.1  # it starts on the plateau
-    assert sum(losses[-10:]) / 10 < math.log(8) - 0.15
+    assert sum(losses[-10:]) / 10 < math.log(8) - 0.5

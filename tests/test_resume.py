@@ -39,7 +39,7 @@ class RecordBatches(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "batch_idx": batch_idx,
-                  "query_ids": list(batch["query_ids"])}
+                  "query_ids": list(batch.query_ids)}
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 

@@ -8,13 +8,14 @@ workers) that tokenizes the way that model needs:
 * DE: a batch of queries and a batch of passages, tokenized separately (optionally also teacher
   pairs, when the DE scores batches with an online CA teacher).
 
-Two example kinds flow through a collator:
+Two example kinds flow into a collator (the DataModule's datasets yield them as dicts):
 
 * listwise training examples ``{"query_id", "query", "passage_ids", "passages", "labels",
   "teacher_scores"?, "positive_ids"}`` -- a query with its positive and hard negatives;
 * pair examples ``{"pair_index", "query_id", "query", "passage_id", "passage"}`` -- one
   (query, candidate) pair for re-ranking evaluation and teacher-score prediction.
-Padding is dynamic (to the longest sequence in the batch).
+and come out as the typed batches of :mod:`rankers.models.batches` (:class:`ListwiseBatch`,
+:class:`PairBatch`). Padding is dynamic (to the longest sequence in the batch).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from rankers.models.batches import ListwiseBatch, PairBatch
 
 
 def _pad_lists(examples: list[dict[str, Any]]) -> tuple[int, torch.Tensor]:
@@ -32,7 +35,7 @@ def _pad_lists(examples: list[dict[str, Any]]) -> tuple[int, torch.Tensor]:
     return width, mask
 
 
-def collate_listwise(examples: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_listwise(examples: list[dict[str, Any]]) -> ListwiseBatch:
     """Untokenized part of a listwise batch: ids, flat padded passage texts, labels, mask, teacher scores."""
     width, mask = _pad_lists(examples)
     labels = torch.zeros(len(examples), width)
@@ -55,27 +58,27 @@ def collate_listwise(examples: list[dict[str, Any]]) -> dict[str, Any]:
          for positives in (set(ex["positive_ids"]) for ex in examples)],
         dtype=torch.bool,
     )
-    return {
-        "query_ids": [ex["query_id"] for ex in examples],
-        "queries": [ex["query"] for ex in examples],
-        "passage_ids": passage_ids,
-        "in_batch_labels": in_batch_labels,
-        "passages": passages,
-        "labels": labels,
-        "mask": mask,
-        "teacher_scores": teacher,
-    }
+    return ListwiseBatch(
+        query_ids=[ex["query_id"] for ex in examples],
+        queries=[ex["query"] for ex in examples],
+        passage_ids=passage_ids,
+        passages=passages,
+        labels=labels,
+        mask=mask,
+        in_batch_labels=in_batch_labels,
+        teacher_scores=teacher,
+    )
 
 
-def collate_pairs(examples: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_pairs(examples: list[dict[str, Any]]) -> PairBatch:
     """Untokenized part of a pair batch (re-rank evaluation / teacher-score prediction)."""
-    return {
-        "pair_index": torch.as_tensor([ex["pair_index"] for ex in examples], dtype=torch.long),
-        "query_ids": [ex["query_id"] for ex in examples],
-        "passage_ids": [ex["passage_id"] for ex in examples],
-        "queries": [ex["query"] for ex in examples],
-        "passages": [ex["passage"] for ex in examples],
-    }
+    return PairBatch(
+        pair_index=torch.as_tensor([ex["pair_index"] for ex in examples], dtype=torch.long),
+        query_ids=[ex["query_id"] for ex in examples],
+        passage_ids=[ex["passage_id"] for ex in examples],
+        queries=[ex["query"] for ex in examples],
+        passages=[ex["passage"] for ex in examples],
+    )
 
 
 def is_listwise(examples: list[dict[str, Any]]) -> bool:
@@ -95,16 +98,14 @@ class PairCollator:
                            max_length=self.max_length, return_tensors="pt")
         )
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, examples: list[dict[str, Any]]) -> ListwiseBatch | PairBatch:
         if is_listwise(examples):
             batch = collate_listwise(examples)
-            width = batch["mask"].shape[1]
-            queries = [q for q in batch["queries"] for _ in range(width)]
-            batch["pair_inputs"] = self.tokenize(queries, batch["passages"])
+            batch.pair_inputs = self.tokenize(batch.repeated_queries(), batch.passages)
             return batch
-        batch = collate_pairs(examples)
-        batch["pair_inputs"] = self.tokenize(batch["queries"], batch["passages"])
-        return batch
+        pairs = collate_pairs(examples)
+        pairs.pair_inputs = self.tokenize(pairs.queries, pairs.passages)
+        return pairs
 
 
 @dataclass
@@ -120,12 +121,10 @@ class DualCollator:
     def _tok(self, tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, examples: list[dict[str, Any]]) -> ListwiseBatch | PairBatch:
         batch = collate_listwise(examples) if is_listwise(examples) else collate_pairs(examples)
-        batch["query_inputs"] = self._tok(self.query_tokenizer, batch["queries"], self.query_max_length)
-        batch["passage_inputs"] = self._tok(self.passage_tokenizer, batch["passages"], self.passage_max_length)
-        if self.teacher is not None and "mask" in batch:
-            width = batch["mask"].shape[1]
-            queries = [q for q in batch["queries"] for _ in range(width)]
-            batch["teacher_inputs"] = self.teacher.tokenize(queries, batch["passages"])
+        batch.query_inputs = self._tok(self.query_tokenizer, batch.queries, self.query_max_length)
+        batch.passage_inputs = self._tok(self.passage_tokenizer, batch.passages, self.passage_max_length)
+        if self.teacher is not None and isinstance(batch, ListwiseBatch):
+            batch.teacher_inputs = self.teacher.tokenize(batch.repeated_queries(), batch.passages)
         return batch

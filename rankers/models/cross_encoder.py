@@ -7,11 +7,11 @@ and its hard negatives (Menon et al., 2022, section 5; Nogueira & Cho, 2019 use 
 """
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
 from rankers.models.backbone import load_sequence_scorer, load_tokenizer
+from rankers.models.batches import ListwiseBatch, PairBatch
 from rankers.models.collate import PairCollator
 from rankers.models.length_buckets import forward_by_length
 from rankers.losses import one_hot_ce
@@ -78,8 +78,8 @@ class CrossAttentionRanker(RankerModule):
     def forward(self, pair_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return forward_by_length(lambda x: self.model(**x).logits.squeeze(-1), pair_inputs, self.length_buckets)
 
-    def pair_scores(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self(batch["pair_inputs"])
+    def pair_scores(self, batch: PairBatch) -> torch.Tensor:
+        return self(batch.pair_inputs)
 
     @torch.inference_mode()
     def score(self, queries: list[str], passages: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -91,8 +91,8 @@ class CrossAttentionRanker(RankerModule):
             out.append(self({k: v.to(self.device) for k, v in inputs.items()}).float().cpu())
         return torch.cat(out) if out else torch.empty(0)
 
-    def listwise_loss(self, batch: dict[str, Any]):
-        mask = batch["mask"]
-        scores = self(batch["pair_inputs"]).view(mask.shape)
-        loss = one_hot_ce(scores, None, batch["labels"] > 0, mask, temperature=self.temperature)
+    def listwise_loss(self, batch: ListwiseBatch):
+        mask = batch.mask
+        scores = self(batch.pair_inputs).view(mask.shape)
+        loss = one_hot_ce(scores, None, batch.labels > 0, mask, temperature=self.temperature)
         return loss, {}

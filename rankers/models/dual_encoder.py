@@ -36,7 +36,8 @@ from torch import nn
 
 from rankers import distributed
 from rankers.models.backbone import load_encoder, load_tokenizer
-from rankers.models.collate import DualCollator, is_listwise
+from rankers.models.batches import ListwiseBatch, PairBatch
+from rankers.models.collate import DualCollator
 from rankers.models.grad_cache import cached_embeddings
 from rankers.models.length_buckets import forward_by_length
 from rankers.losses import get_distillation_loss, one_hot_ce
@@ -62,13 +63,13 @@ class KeyedDualCollator(DualCollator):
     the in-batch label matrix against passages gathered from other ranks (:func:`distributed.key_labels`).
     """
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, examples: list[dict[str, Any]]) -> ListwiseBatch | PairBatch:
         batch = super().__call__(examples)
-        if not is_listwise(examples):
+        if not isinstance(batch, ListwiseBatch):
             return batch
-        bsz, width = batch["mask"].shape
+        bsz, width = batch.mask.shape
         passage_keys = torch.zeros(bsz, width, dtype=torch.long)
-        for i, ids in enumerate(batch["passage_ids"]):
+        for i, ids in enumerate(batch.passage_ids):
             passage_keys[i, : len(ids)] = distributed.id_keys(ids)
         positives = [list(ex["positive_ids"]) for ex in examples]
         n_pos = max(1, max(len(p) for p in positives))
@@ -77,7 +78,7 @@ class KeyedDualCollator(DualCollator):
         for i, ids in enumerate(positives):
             positive_keys[i, : len(ids)] = distributed.id_keys(ids)
             positive_mask[i, : len(ids)] = True
-        batch.update(passage_keys=passage_keys, positive_keys=positive_keys, positive_mask=positive_mask)
+        batch.passage_keys, batch.positive_keys, batch.positive_mask = passage_keys, positive_keys, positive_mask
         return batch
 
 
@@ -227,46 +228,46 @@ class DualEncoderRanker(RankerModule):
         return KeyedDualCollator(self.tokenizer, self.tokenizer, self.query_max_length, self.passage_max_length, teacher)
 
     # --- scoring --------------------------------------------------------------------------------
-    def pair_scores(self, batch: dict[str, Any]) -> torch.Tensor:
-        q = self.encode_query_inputs(batch["query_inputs"])
-        p = self.encode_passage_inputs(batch["passage_inputs"])
+    def pair_scores(self, batch: PairBatch) -> torch.Tensor:
+        q = self.encode_query_inputs(batch.query_inputs)
+        p = self.encode_passage_inputs(batch.passage_inputs)
         return (q * p).sum(-1) / self.temperature
 
-    def teacher_scores(self, batch: dict[str, Any]) -> torch.Tensor:
+    def teacher_scores(self, batch: ListwiseBatch) -> torch.Tensor:
         if self.teacher is not None:
             with torch.no_grad():
-                return self.teacher(batch["teacher_inputs"]).float().view(batch["mask"].shape)
-        if batch.get("teacher_scores") is None:
+                return self.teacher(batch.teacher_inputs).float().view(batch.mask.shape)
+        if batch.teacher_scores is None:
             raise ValueError(
                 "distillation needs teacher scores: set --data.teacher_scores FILE (written by "
                 "`python -m rankers predict --config configs/ca_teacher.yaml --ckpt_path CKPT`) or "
                 "--model.teacher_checkpoint CKPT for an online teacher"
             )
-        return batch["teacher_scores"]
+        return batch.teacher_scores
 
     def _gathers(self) -> bool:
         """Gather in-batch negatives across ranks: training under DDP with ``gather_negatives``."""
         return self.training and self.in_batch_negatives and self.gather_negatives and distributed.world_size() > 1
 
-    def _in_batch_label_loss(self, q: torch.Tensor, p: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    def _in_batch_label_loss(self, q: torch.Tensor, p: torch.Tensor, batch: ListwiseBatch) -> torch.Tensor:
         """One-hot CE of each local query over the in-batch passages: the local batch's or, when gathering,
         every rank's (the label matrix is then rebuilt from id keys against the gathered passages)."""
-        mask: torch.Tensor = batch["mask"]
+        mask = batch.mask
         bsz = mask.shape[0]
         if not self._gathers():
             scores = q @ p.T / self.temperature  # [B, B*N]
-            in_batch_labels = batch["in_batch_labels"].to(scores.device)
+            in_batch_labels = batch.in_batch_labels.to(scores.device)
             return one_hot_ce(scores, None, in_batch_labels, mask.reshape(1, -1).expand(bsz, -1))
-        if "passage_keys" not in batch:
+        if batch.passage_keys is None:
             raise ValueError("gathering in-batch negatives across ranks needs the batch's id keys: build "
                              "batches with DualEncoderRanker.collator() (a KeyedDualCollator)")
         device = p.device
         rows = distributed.max_rows(p.shape[0], device)
         passages = distributed.all_gather_rows(p, rows, with_grad=True)  # [W*rows, d]
-        keys = distributed.all_gather_rows(batch["passage_keys"].reshape(-1).to(device), rows)
+        keys = distributed.all_gather_rows(batch.passage_keys.reshape(-1).to(device), rows)
         valid = distributed.all_gather_rows(mask.reshape(-1).to(device), rows)  # padding rows are False
         scores = q @ passages.T / self.temperature  # [B, W*rows]
-        labels = distributed.key_labels(batch["positive_keys"].to(device), batch["positive_mask"].to(device),
+        labels = distributed.key_labels(batch.positive_keys.to(device), batch.positive_mask.to(device),
                                         keys, valid)
         return one_hot_ce(scores, None, labels, valid.view(1, -1).expand(bsz, -1))
 
@@ -285,12 +286,12 @@ class DualEncoderRanker(RankerModule):
         weights = distributed.rank_weights(counts)
         return weights[0], weights[1]
 
-    def _embed_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _embed_batch(self, batch: ListwiseBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Query and passage embeddings of a batch; through the gradient cache when it is on (training)."""
         chunk = self.hparams.get("grad_cache_chunk_size")
         if not (self.training and chunk and torch.is_grad_enabled()):
-            return self.encode_query_inputs(batch["query_inputs"]), self.encode_passage_inputs(batch["passage_inputs"])
-        inputs = {"query": batch["query_inputs"], "passage": batch["passage_inputs"]}
+            return self.encode_query_inputs(batch.query_inputs), self.encode_passage_inputs(batch.passage_inputs)
+        inputs = {"query": batch.query_inputs, "passage": batch.passage_inputs}
 
         def encode(side: str, lo: int, hi: int) -> torch.Tensor:
             return self._encode({key: value[lo:hi] for key, value in inputs[side].items()}, side)  # type: ignore[arg-type]
@@ -300,9 +301,9 @@ class DualEncoderRanker(RankerModule):
         rows = {side: int(value["input_ids"].shape[0]) for side, value in inputs.items()}
         return cached_embeddings(encode, rows, int(chunk), params, self.device)
 
-    def listwise_loss(self, batch: dict[str, Any]):
-        mask: torch.Tensor = batch["mask"]
-        labels = batch["labels"] > 0
+    def listwise_loss(self, batch: ListwiseBatch):
+        mask = batch.mask
+        labels = batch.labels > 0
         bsz, width = mask.shape
         q, p = self._embed_batch(batch)
         own = torch.einsum("bd,bnd->bn", q, p.view(bsz, width, -1)) / self.temperature

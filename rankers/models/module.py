@@ -25,6 +25,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from rankers.models.batches import ListwiseBatch, PairBatch
+
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss is NaN or infinite; names the step and the batch's query ids."""
@@ -51,11 +53,11 @@ class RankerModule(pl.LightningModule):
     def collator(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def pair_scores(self, batch: dict[str, Any]) -> torch.Tensor:  # pragma: no cover - abstract
+    def pair_scores(self, batch: PairBatch) -> torch.Tensor:  # pragma: no cover - abstract
         """Scores of the batch's (query, passage) pairs, shape [n]."""
         raise NotImplementedError
 
-    def listwise_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
+    def listwise_loss(self, batch: ListwiseBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
         raise NotImplementedError
 
     def is_head_parameter(self, name: str) -> bool:
@@ -86,38 +88,38 @@ class RankerModule(pl.LightningModule):
             self._step_seed = int(checkpoint["rankers_step_seed"])
 
     # --- loops ---------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: ListwiseBatch, batch_idx: int) -> torch.Tensor:
         cuda = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):  # the global RNG comes out as it went in
             torch.manual_seed(self.step_seed(batch_idx))
             loss, parts = self.listwise_loss(batch)
         if not torch.isfinite(loss):
-            ids = ", ".join(batch["query_ids"][:8]) + (" ..." if len(batch["query_ids"]) > 8 else "")
+            ids = ", ".join(batch.query_ids[:8]) + (" ..." if batch.size > 8 else "")
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
                 f"batch {batch_idx}); the batch's query ids: {ids}. Check the teacher scores and the learning rate."
             )
-        bs = len(batch["query_ids"])
+        bs = batch.size
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=bs)
         return loss
 
-    def _pair_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        if "pair_index" not in batch:  # a listwise batch (validation loss); not used for metrics
+    def _pair_step(self, batch: ListwiseBatch | PairBatch) -> dict[str, torch.Tensor]:
+        if isinstance(batch, ListwiseBatch):  # the validation loss; not used for metrics
             loss, _ = self.listwise_loss(batch)
             return {"loss": loss}
         if not self.score_pairs_in_loop:
             return {}
-        return {"pair_index": batch["pair_index"], "scores": self.pair_scores(batch).float()}
+        return {"pair_index": batch.pair_index, "scores": self.pair_scores(batch).float()}
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
+    def validation_step(self, batch: ListwiseBatch | PairBatch, batch_idx: int, dataloader_idx: int = 0):
         return self._pair_step(batch)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
+    def test_step(self, batch: ListwiseBatch | PairBatch, batch_idx: int, dataloader_idx: int = 0):
         return self._pair_step(batch)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0):
+    def predict_step(self, batch: ListwiseBatch | PairBatch, batch_idx: int, dataloader_idx: int = 0):
         return self._pair_step(batch)
 
     # --- optimisation --------------------------------------------------------------------------
