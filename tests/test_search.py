@@ -390,10 +390,13 @@ def test_fp16_flat_on_faiss_cpu_is_an_exact_fp16_scalar_quantizer(metric):
     assert chunked.search(queries, k)[1] == i16  # queries searched 5 at a time
     np.testing.assert_array_equal(chunked.search(queries, k)[0], s16)
     assert DenseIndex.to_run([f"q{i}" for i in range(len(queries))], s16, i16)["q0"][i16[0][0]] == float(s16[0, 0])
-    if metric != "cos":  # fp16 values are stored without loss: the same scores and ids, bit for bit
+    if metric != "cos":  # fp16 values are stored without loss: the same ids, and the same scores
         np.testing.assert_array_equal(fp16._store.vectors(), passages.float().numpy())
         assert i16 == i32
-        np.testing.assert_array_equal(s16, s32)
+        if metric == "ip":  # bit for bit
+            np.testing.assert_array_equal(s16, s32)
+        else:  # L2: bit for bit on AVX-512 CPUs; on a Zen 3 EPYC (AVX2) 94 of 800 differ in the last bit
+            np.testing.assert_allclose(s16, s32, rtol=4e-7, atol=0)
     else:
         # cos stores the normalised rows, which fp16 rounds (faiss' rounding: 2 of these 19,200 values
         # are 1 fp16 step away from numpy's astype(float16)); the search is exact over the stored rows...
@@ -403,7 +406,8 @@ def test_fp16_flat_on_faiss_cpu_is_an_exact_fp16_scalar_quantizer(metric):
         ref = DenseIndex.build(rounded, ids, backend="faiss-cpu", metric="ip")
         s_ref, i_ref = ref.search(search_mod._l2_normalise(queries.float().numpy()), k)
         assert i16 == i_ref
-        np.testing.assert_array_equal(s16, s_ref)
+        # bit for bit on AVX-512 CPUs; within 1 ulp on a Zen 3 EPYC (AVX2: 246 of 800 in the last bit)
+        np.testing.assert_allclose(s16, s_ref, rtol=4e-7, atol=6e-8)
         # ... and within fp16's rounding of the float32 cosines
         np.testing.assert_allclose(s16, s32, rtol=0, atol=2e-3)
         assert [r[0] for r in i16] == [r[0] for r in i32]
