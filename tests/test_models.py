@@ -8,7 +8,7 @@ import torch
 from rankers.models.collate import collate_listwise
 from rankers.models.cross_encoder import CrossAttentionRanker
 from rankers.models.dual_encoder import DualEncoderRanker
-from rankers.losses import m3se, one_hot_ce
+from rankers.losses import DistillationLoss, LabelLoss, one_hot_ce, softmax_kl
 
 
 def _examples(teacher=False):
@@ -87,11 +87,9 @@ def test_de_label_loss_uses_in_batch_negatives(de):
     full = q @ p.T
     expected = one_hot_ce(full, None, batch.in_batch_labels, batch.mask.reshape(1, -1).expand(2, -1))
     assert torch.allclose(loss, expected, atol=1e-5)
-    de.in_batch_negatives = False
-    try:
-        own_loss, _ = de.listwise_loss(batch)
-    finally:
-        de.in_batch_negatives = True
+    own_only = DualEncoderRanker(backbone="embedded", passage_max_length=32, in_batch_negatives=False)
+    own_only.load_state_dict(de.state_dict())
+    own_loss, _ = own_only.eval().listwise_loss(batch)
     own = torch.stack([full[0, 0:3], full[1, 3:6]])
     assert torch.allclose(own_loss, one_hot_ce(own, None, batch.labels > 0, batch.mask), atol=1e-5)
     assert not torch.allclose(own_loss, loss)
@@ -243,3 +241,34 @@ def test_pretrained_ca_leaves_the_uniform_plateau_within_a_few_dozen_steps(tmp_p
     trainer.fit(ca, datamodule=dm)
     assert sum(losses[:5]) / 5 > math.log(8) - 0.1  # it starts on the plateau
     assert sum(losses[-10:]) / 10 < math.log(8) - 0.5
+
+
+def test_de_loss_is_the_weighted_sum_of_its_loss_terms(de):
+    """``losses=[...]`` is the flat arguments' loss term by term: 0.5 · in-batch CE + 2 · KL(T=2)."""
+    mixed = DualEncoderRanker(backbone="embedded", passage_max_length=32,
+                              losses=[LabelLoss(weight=0.5), DistillationLoss("kl", weight=2.0, temperature=2.0)])
+    mixed.load_state_dict(de.state_dict())
+    batch = mixed.collator()(_examples(teacher=True))
+    loss, parts = mixed.eval().listwise_loss(batch)
+    label_only, _ = de.listwise_loss(batch)
+    with torch.no_grad():
+        q = de.encode_query_inputs(batch.query_inputs)
+        p = de.encode_passage_inputs(batch.passage_inputs).view(2, 3, -1)
+    own = torch.einsum("bd,bnd->bn", q, p)
+    kl = softmax_kl(own, batch.teacher_scores, batch.labels > 0, batch.mask, temperature=2.0)
+    assert torch.allclose(parts["label_loss"], label_only, atol=1e-5)
+    assert torch.allclose(parts["distill_loss"], kl, atol=1e-5)
+    assert torch.allclose(loss, 0.5 * label_only + 2.0 * kl, atol=1e-5)
+    flat = DualEncoderRanker(backbone="embedded", passage_max_length=32, label_weight=0.0, distillation_loss="m3se")
+    assert [type(t).__name__ for t in flat.losses] == ["DistillationLoss"] and flat.losses[0].name == "m3se"
+
+
+def test_loss_terms_reject_bad_settings():
+    with pytest.raises(ValueError, match="unknown distillation loss 'm4se'; valid names: kl, m3se"):
+        DistillationLoss("m4se")
+    with pytest.raises(ValueError, match="weight must be > 0"):
+        LabelLoss(weight=0.0)
+    with pytest.raises(ValueError, match="empty list"):
+        DualEncoderRanker(backbone="embedded", losses=[])
+    with pytest.raises(ValueError, match="no loss term uses a teacher"):
+        DualEncoderRanker(backbone="embedded", losses=[LabelLoss()], teacher_checkpoint="ca.ckpt")

@@ -11,7 +11,9 @@ mean over the queries the loss is defined on, and a zero that still carries the 
 graph when there are none.
 
 ``one_hot_ce`` is the label-training loss; the distillation losses are registered by
-name in :data:`DISTILLATION_LOSSES` (see :func:`get_distillation_loss`).
+name in :data:`DISTILLATION_LOSSES` (see :func:`get_distillation_loss`). Models take them as
+weighted lists of loss objects over these kernels (:mod:`rankers.losses.terms`: ``LabelLoss``,
+``DistillationLoss``).
 """
 from __future__ import annotations
 
@@ -27,11 +29,12 @@ from .one_hot_ce import one_hot_ce
 from .pointwise_mse import pointwise_mse
 from .rankdistil import rankdistil_pairwise
 from .softmax_kl import softmax_ce, softmax_kl
+from .terms import DistillationLoss, LabelLoss, LossInputs, LossTerm, losses_from
 
-DistillationLoss = Callable[..., Tensor]
+DistillationKernel = Callable[..., Tensor]
 
 #: Distillation losses by config name.
-DISTILLATION_LOSSES: dict[str, DistillationLoss] = {
+DISTILLATION_LOSSES: dict[str, DistillationKernel] = {
     "mse": pointwise_mse,
     "margin_mse": margin_mse,
     "kl": softmax_kl,
@@ -43,7 +46,7 @@ DISTILLATION_LOSSES: dict[str, DistillationLoss] = {
 _COMMON_ARGS = ("student", "teacher", "labels", "mask")
 
 
-def get_distillation_loss(name: str, **hyperparameters: Any) -> DistillationLoss:
+def get_distillation_loss(name: str, **hyperparameters: Any) -> DistillationKernel:
     """Return the distillation loss registered as ``name``.
 
     Optional ``hyperparameters`` (e.g. ``temperature=2.0`` for "kl", ``top_k=10`` for
@@ -69,7 +72,12 @@ def get_distillation_loss(name: str, **hyperparameters: Any) -> DistillationLoss
 
 __all__ = [
     "DISTILLATION_LOSSES",
+    "DistillationKernel",
     "DistillationLoss",
+    "LabelLoss",
+    "LossInputs",
+    "LossTerm",
+    "losses_from",
     "get_distillation_loss",
     "m3se",
     "margin_mse",

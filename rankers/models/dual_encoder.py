@@ -5,7 +5,8 @@ projected to ``embedding_dim``, and scored by dot product or cosine similarity d
 
 Training loss (per batch of B queries, each with N candidates: its positive and hard negatives)::
 
-    L = label_weight · CE_onehot(S_inbatch, labels) + L_distill(s_own, t)
+    L = Σ_i weight_i · term_i      (``losses``: :mod:`rankers.losses.terms`), by default
+      = label_weight · CE_onehot(S_inbatch, labels) + L_distill(s_own, t)
 
 * ``S_inbatch`` -- query × all B·N passages of the batch (in-batch negatives; a passage that is a
   judged positive of the query is a positive wherever it appears), or only the query's own N
@@ -17,7 +18,8 @@ Training loss (per batch of B queries, each with N candidates: its positive and 
   loaded from ``teacher_checkpoint`` that scores every batch under ``no_grad`` (online);
 * ``L_distill`` -- one of :data:`rankers.losses.DISTILLATION_LOSSES` (``m3se`` is the paper's).
 
-Label training alone (Menon et al.'s "DE on labels") is ``distillation_loss=None, label_weight=1``.
+Label training alone (Menon et al.'s "DE on labels") is ``distillation_loss=None, label_weight=1`` (or
+``losses=[LabelLoss()]``); the flat arguments are shorthand for the term list (:func:`rankers.losses.losses_from`).
 
 Under DDP each rank's loss terms are weighted (:func:`rankers.distributed.rank_weights`) so that DDP's
 gradient averaging yields the gradient of one process over the concatenated global batch.
@@ -25,7 +27,6 @@ gradient averaging yields the gradient of one process over the concatenated glob
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,7 +41,8 @@ from rankers.models.batches import ListwiseBatch, PairBatch
 from rankers.models.collate import DualCollator
 from rankers.models.grad_cache import cached_embeddings
 from rankers.models.length_buckets import forward_by_length
-from rankers.losses import get_distillation_loss, one_hot_ce
+from rankers.losses import one_hot_ce
+from rankers.losses.terms import LossInputs, LossTerm, losses_from
 from rankers.models.module import RankerModule
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,9 @@ class DualEncoderRanker(RankerModule):
         label_weight: weight of the one-hot (label) loss.
         distillation_loss: name in ``rankers.losses.DISTILLATION_LOSSES`` or None for label training.
         distillation_temperature: temperature of the softmax-based distillation losses (kl, softmax_ce).
+        losses: the loss as a weighted list of terms (:class:`rankers.losses.LabelLoss`,
+            :class:`rankers.losses.DistillationLoss`, ...); when given it replaces ``label_weight``,
+            ``distillation_loss`` and ``distillation_temperature``.
         teacher_checkpoint: a CrossAttentionRanker checkpoint scoring batches online (frozen); without
             it, teacher scores must come with the batch (``--data.teacher_scores``).
         gradient_checkpointing: trade compute for activation memory.
@@ -133,6 +138,7 @@ class DualEncoderRanker(RankerModule):
         label_weight: float = 1.0,
         distillation_loss: str | None = None,
         distillation_temperature: float = 1.0,
+        losses: list[LossTerm] | None = None,
         teacher_checkpoint: str | None = None,
         lr: float = 5e-5,
         weight_decay: float = 0.01,
@@ -144,10 +150,18 @@ class DualEncoderRanker(RankerModule):
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio)
         self.save_hyperparameters()
-        if distillation_loss is None and label_weight <= 0:
-            raise ValueError("DualEncoderRanker: label_weight must be > 0 when no distillation_loss is set")
-        if teacher_checkpoint is not None and distillation_loss is None:
-            raise ValueError("DualEncoderRanker: teacher_checkpoint is set but distillation_loss is None")
+        if losses is None:
+            if distillation_loss is None and label_weight <= 0:
+                raise ValueError("DualEncoderRanker: label_weight must be > 0 when no distillation_loss is set")
+            losses = losses_from(label_weight, distillation_loss, distillation_temperature, in_batch_negatives)
+        elif not losses:
+            raise ValueError("DualEncoderRanker: losses is an empty list; give at least one loss term")
+        bad = [t for t in losses if not isinstance(t, LossTerm)]
+        if bad:
+            raise TypeError(f"DualEncoderRanker: losses must be rankers.losses loss terms, got {bad!r}")
+        if teacher_checkpoint is not None and not any(t.needs_teacher for t in losses):
+            raise ValueError("DualEncoderRanker: teacher_checkpoint is set but no loss term uses a teacher "
+                             "(distillation_loss is None)")
         if grad_cache_chunk_size is not None and grad_cache_chunk_size < 1:
             raise ValueError(f"DualEncoderRanker: grad_cache_chunk_size must be >= 1 or None, got {grad_cache_chunk_size}")
         self.pooling = pooling
@@ -157,11 +171,7 @@ class DualEncoderRanker(RankerModule):
         self.passage_max_length = passage_max_length
         self.in_batch_negatives = in_batch_negatives
         self.gather_negatives = gather_negatives
-        self.label_weight = label_weight
-        self.distill_fn = get_distillation_loss(distillation_loss) if distillation_loss else None
-        self.distill_kwargs: dict[str, Any] = {}
-        if self.distill_fn is not None and "temperature" in inspect.signature(self.distill_fn).parameters:
-            self.distill_kwargs["temperature"] = distillation_temperature
+        self.losses = list(losses)
 
         kw = dict(trust_remote_code=trust_remote_code, gradient_checkpointing=gradient_checkpointing)
         self.query_encoder = load_encoder(backbone, num_layers=num_layers, **kw)
@@ -247,7 +257,7 @@ class DualEncoderRanker(RankerModule):
 
     def _gathers(self) -> bool:
         """Gather in-batch negatives across ranks: training under DDP with ``gather_negatives``."""
-        return self.training and self.in_batch_negatives and self.gather_negatives and distributed.world_size() > 1
+        return self.training and self.gather_negatives and distributed.world_size() > 1
 
     def _in_batch_label_loss(self, q: torch.Tensor, p: torch.Tensor, batch: ListwiseBatch) -> torch.Tensor:
         """One-hot CE of each local query over the in-batch passages: the local batch's or, when gathering,
@@ -307,20 +317,17 @@ class DualEncoderRanker(RankerModule):
         bsz, width = mask.shape
         q, p = self._embed_batch(batch)
         own = torch.einsum("bd,bnd->bn", q, p.view(bsz, width, -1)) / self.temperature
-        label_rank_weight, distill_rank_weight = self._rank_weights(labels.to(mask.device), mask)
+        rank_weight = dict(zip(("label", "distill"), self._rank_weights(labels.to(mask.device), mask)))
+        # teacher scores are the query's own N candidates, aligned with ``own`` (never gathered)
+        inputs = LossInputs(own, labels, mask, in_batch_label_loss=lambda: self._in_batch_label_loss(q, p, batch),
+                            teacher=lambda: self.teacher_scores(batch))
         parts: dict[str, torch.Tensor] = {}
         loss = own.new_zeros(())
-        if self.label_weight > 0:
-            if self.in_batch_negatives:
-                label_loss = self._in_batch_label_loss(q, p, batch)
-            else:
-                label_loss = one_hot_ce(own, None, labels, mask)
-            parts["label_loss"] = label_loss.detach()
-            loss = loss + self.label_weight * label_rank_weight * label_loss
-        if self.distill_fn is not None:
-            # teacher scores are the query's own N candidates, aligned with ``own`` (never gathered)
-            teacher = self.teacher_scores(batch).to(own.device)
-            distill = self.distill_fn(own, teacher, labels, mask, **self.distill_kwargs)
-            parts["distill_loss"] = distill.detach()
-            loss = loss + distill_rank_weight * distill
+        for term in self.losses:
+            value = term(inputs)
+            key, n = term.log_name, 2
+            while key in parts:  # two terms of one kind: distill_loss, distill_loss_2, ...
+                key, n = f"{term.log_name}_{n}", n + 1
+            parts[key] = value.detach()
+            loss = loss + term.weight * rank_weight[term.counts] * value
         return loss, parts
