@@ -21,10 +21,11 @@ class TeacherScoreWriter(BasePredictionWriter):
     """Gathers the predict loop's pair scores and writes them as a TREC run.
 
     Args:
-        output: path of the score file to write (parent directories are created).
+        output: path of the score file to write (parent directories are created); ``None``: the run
+            directory's ``teacher_scores.trec`` (``trainer.log_dir``, else ``trainer.default_root_dir``).
     """
 
-    def __init__(self, output: str = "teacher_scores.trec") -> None:
+    def __init__(self, output: str | None = None) -> None:
         super().__init__(write_interval="epoch")
         self.output = output
         self.written: Path | None = None
@@ -46,8 +47,8 @@ class TeacherScoreWriter(BasePredictionWriter):
         if len(first) != len(pairs):
             raise RuntimeError(f"teacher scored {len(first)} of {len(pairs)} pairs; refusing to write a partial file")
         run = pairs.to_run(pair_index[first], scores[first])
+        path = Path(self.output) if self.output else Path(trainer.log_dir or trainer.default_root_dir) / "teacher_scores.trec"
         if trainer.is_global_zero:
-            path = Path(self.output)
             write_run(run, path, tag="teacher")
             log.info("wrote %d teacher scores for %d queries to %s", len(first), len(run), path)
-        self.written = Path(self.output)
+        self.written = path

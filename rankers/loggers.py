@@ -87,6 +87,12 @@ class WandbLogger(_LightningWandbLogger):
         kwargs.setdefault("settings", None)
         if kwargs["settings"] is None:
             kwargs.pop("settings")
+        if offline and kwargs.get("log_model"):
+            # Lightning refuses log_model with offline=True (checkpoints cannot be uploaded offline); the
+            # fallback must not turn a config that logs models online into a crash.
+            print("W&B: offline, so checkpoints are not uploaded (log_model ignored); they stay in the run directory",
+                  flush=True)
+            kwargs["log_model"] = False
         super().__init__(*args, offline=offline, **kwargs)
 
 

@@ -12,7 +12,8 @@ STACKS = [
     ["ca_teacher.yaml"], ["de_baseline.yaml"], ["de_distill.yaml"],
     ["de_baseline.yaml", "overlays/scifact.yaml", "overlays/cpu_smoke.yaml", "overlays/minilm.yaml"],
     ["ca_teacher.yaml", "overlays/teacher_val_scores.yaml"],
-    *[[f"{scale}/{name}.yaml", f"{scale}/trainer_gpu.yaml"]
+    ["de_distill.yaml", "overlays/label_mixing.yaml"],
+    *[[f"{scale}/{name}.yaml", "trainer/gpu_ddp.yaml"]
       for scale in ("msmarco", "nq") for name in ("ca_teacher", "de_baseline", "de_distill")],
 ]
 
@@ -47,7 +48,9 @@ def test_configs_default_to_minilm_and_the_smoke_overlay_to_tiny(config, capsys)
     assert _printed_backbone([config, "overlays/cpu_smoke.yaml", "overlays/minilm.yaml"], capsys) == "minilm"
 
 
-@pytest.mark.parametrize("config", ["ca_teacher.yaml", "de_baseline.yaml", "de_distill.yaml"])
+@pytest.mark.parametrize("config", ["ca_teacher.yaml", "de_baseline.yaml", "de_distill.yaml",
+                                    *[f"{scale}/{name}.yaml" for scale in ("msmarco", "nq")
+                                      for name in ("ca_teacher", "de_baseline", "de_distill")]])
 def test_the_run_directory_is_named_once(config, tmp_path):
     """--trainer.default_root_dir moves the loggers (and with them the callbacks' runs, plots, checkpoints)."""
     from rankers.cli import lightning_cli
@@ -59,7 +62,7 @@ def test_the_run_directory_is_named_once(config, tmp_path):
     assert Path(trainer.log_dir) == tmp_path  # what RetrievalEvaluator, ScoreDiagnostics and ModelCheckpoint default to
     kinds = [type(cb).__name__ for cb in trainer.callbacks]
     assert "RetrievalEvaluator" in kinds and "ModelCheckpoint" in kinds
-    assert ("TeacherScoreWriter" in kinds) == (config == "ca_teacher.yaml")
+    assert ("TeacherScoreWriter" in kinds) == config.endswith("ca_teacher.yaml")
 
 
 def test_the_refresh_callbacks_file_swaps_in_the_negative_refresh(capsys):
@@ -68,3 +71,12 @@ def test_the_refresh_callbacks_file_swaps_in_the_negative_refresh(capsys):
               str(CONFIGS / "callbacks" / "student_refresh.yaml"), "--print_config"])
     printed = capsys.readouterr().out
     assert "callbacks.NegativeRefresh" in printed and "callbacks.RetrievalEvaluator" not in printed
+
+
+def test_the_loss_is_a_weighted_list_of_loss_objects_in_a_config(tmp_path):
+    from rankers.cli import lightning_cli
+
+    cli = lightning_cli(["--config", str(CONFIGS / "de_distill.yaml"), "--config", str(CONFIGS / "overlays" / "label_mixing.yaml"),
+                         "--trainer.default_root_dir", str(tmp_path), "--model.init_args.backbone", "tiny"], run=False)
+    assert [repr(t) for t in cli.model.losses] == ["LabelLoss(weight=0.1, in_batch=True)",
+                                                    "DistillationLoss(name='kl', weight=1.0, temperature=2.0)"]

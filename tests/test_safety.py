@@ -291,3 +291,14 @@ def test_wandb_logger_offline_run_never_prompts(wandb_env, monkeypatch, capsys):
     finally:
         wandb.finish()
     assert list((wandb_env / "logs" / "wandb").glob("offline-run-*"))
+
+
+def test_wandb_offline_fallback_drops_log_model_instead_of_crashing(wandb_env, monkeypatch, capsys):
+    """configs/msmarco/ca_teacher.yaml asks for log_model: true; Lightning refuses that offline."""
+    pytest.importorskip("wandb")
+    from rankers.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    logger = WandbLogger(project="rankers-test", save_dir=str(wandb_env / "logs"), log_model=True)
+    assert "log_model ignored" in capsys.readouterr().out
+    assert logger._log_model is False
