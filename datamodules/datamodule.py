@@ -16,6 +16,7 @@ collection's fingerprint and the mining parameters.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import random
@@ -67,6 +68,15 @@ def _top(run: dict[str, dict[str, float]], depth: int) -> dict[str, list[str]]:
     return {qid: rank_passages(c)[:depth] for qid, c in run.items()}
 
 
+def fold_query_ids(query_ids: list[str], num_folds: int, seed: int) -> list[list[str]]:
+    """Split query ids into ``num_folds`` disjoint folds of near-equal size (a seeded shuffle dealt round
+    robin; each fold keeps the input order), the same for every process and every model of a run."""
+    order = list(query_ids)
+    random.Random(f"{seed}:folds").shuffle(order)
+    fold_of = {qid: i % num_folds for i, qid in enumerate(order)}
+    return [[q for q in query_ids if fold_of[q] == k] for k in range(num_folds)]
+
+
 class RankingDataModule(pl.LightningDataModule):
     """Shared DataModule with hard-negative mining.
 
@@ -106,6 +116,10 @@ class RankingDataModule(pl.LightningDataModule):
         eval_depth: candidates per query for re-rank evaluation.
         train_subset_size: training queries also evaluated each epoch (train-vs-test gap); 0 = off.
         max_train_queries / max_eval_queries: cap the number of queries (deterministic sample).
+        cross_fit: ``(fold, num_folds)`` for out-of-fold teacher scores: the training queries are split into
+            ``num_folds`` seeded folds; ``fit`` (and the train-subset evaluation) use the queries *outside*
+            ``fold`` and ``predict`` scores only the queries *in* it, so a teacher never scores the
+            judgments it was trained on (see :func:`fold_query_ids`).
         batch_size: training queries per batch; eval_batch_size: pairs per eval batch.
         num_workers: dataloader workers; pin_memory: pin host memory (GPU training).
         worker_start_method: how dataloader workers start (``multiprocessing_context``): ``"auto"`` --
@@ -151,6 +165,7 @@ class RankingDataModule(pl.LightningDataModule):
         train_subset_size: int = 200,
         max_train_queries: int | None = None,
         max_eval_queries: int | None = None,
+        cross_fit: tuple[int, int] | None = None,
         batch_size: int = 16,
         eval_batch_size: int = 128,
         num_workers: int = 0,
@@ -195,6 +210,10 @@ class RankingDataModule(pl.LightningDataModule):
         self.train_subset_size = train_subset_size
         self.max_train_queries = max_train_queries
         self.max_eval_queries = max_eval_queries
+        if cross_fit is not None and not (cross_fit[1] >= 2 and 0 <= cross_fit[0] < cross_fit[1]):
+            raise ValueError(f"cross_fit={tuple(cross_fit)}: expected (fold, num_folds) with num_folds >= 2 and "
+                             "0 <= fold < num_folds")
+        self.cross_fit = tuple(cross_fit) if cross_fit is not None else None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -321,7 +340,7 @@ class RankingDataModule(pl.LightningDataModule):
         self.query_rows = data.query_index()
         self.corpus_rows = data.corpus_index()
         if stage in (None, "fit") or (stage == "predict" and self.predict_split == "train"):
-            self._setup_train()
+            self._setup_train(predicting=stage == "predict")
         if stage == "predict" and self.predict_split != "train":
             split = self.val_split if self.predict_split == "val" else self.test_split
             self.eval_sets[self.predict_split] = self._pair_set(split)
@@ -360,9 +379,19 @@ class RankingDataModule(pl.LightningDataModule):
         pairs.split, pairs.qrels = split, {q: data.qrels[split][q] for q in query_ids}
         return pairs
 
+    def training_query_ids(self, predicting: bool = False) -> list[str]:
+        """The training queries ``fit`` uses (``predicting``: the ones ``predict`` scores); with ``cross_fit``
+        the queries outside (inside) its fold, else every training query."""
+        ids = self.split_query_ids(self.train_split, self.max_train_queries)
+        if self.cross_fit is None:
+            return ids
+        fold, num_folds = self.cross_fit
+        inside = set(fold_query_ids(ids, num_folds, self.seed)[fold])
+        return [q for q in ids if (q in inside) == predicting]
+
     def _train_subset(self) -> PairDataset:
         data = self.load()
-        ids = self.split_query_ids(self.train_split, self.max_train_queries)
+        ids = self.training_query_ids()
         ids = sorted(random.Random(f"{self.seed}:train_subset").sample(ids, min(self.train_subset_size, len(ids))), key=ids.index)
         run = _top(self._bm25(self.train_split, ids, self._mining_depth()), self.eval_depth)
         pairs = PairDataset(data.queries, self.query_rows, data.corpus, self.corpus_rows, run)
@@ -382,6 +411,7 @@ class RankingDataModule(pl.LightningDataModule):
             teacher_digest=file_digest(teacher) if teacher else None,
             denoise_threshold=self.denoise_threshold, denoise_margin=self.denoise_margin,
             num_queries=len(query_ids),
+            queries_digest=hashlib.sha256("\n".join(query_ids).encode()).hexdigest()[:16],
         )
 
     def _denoising(self) -> bool:
@@ -501,8 +531,8 @@ class RankingDataModule(pl.LightningDataModule):
             )
         return read_teacher_scores(path)
 
-    def _setup_train(self) -> None:
-        query_ids = self.split_query_ids(self.train_split, self.max_train_queries)
+    def _setup_train(self, predicting: bool = False) -> None:
+        query_ids = self.training_query_ids(predicting)
         mined = self.mined(query_ids)
         self._set_training_queries(query_ids, mined)
         log.info("training: %d queries, %d negatives each from pools of median size %d", len(self.train_dataset),

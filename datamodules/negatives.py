@@ -55,6 +55,7 @@ class MiningSpec:
     denoise_threshold: float | None = None
     denoise_margin: float | None = None
     num_queries: int = 0
+    queries_digest: str | None = None  # which queries (two sets of one size, e.g. cross-fitting folds, differ)
     version: int = CACHE_VERSION
 
     def key(self) -> str:

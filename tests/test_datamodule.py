@@ -153,3 +153,35 @@ def test_state_digest_sees_one_element_deep_inside_a_large_tensor(dtype):
     # same values, another dtype or shape: another state
     assert _state_digest(copy.deepcopy(model).float() if dtype != torch.float32 else copy.deepcopy(model).double()) \
         != _state_digest(model)
+
+
+def test_cross_fit_folds_split_fit_and_predict_queries(shared_data, tmp_path):
+    """cross_fit=(k, K): fit on the queries outside fold k, predict (teacher scoring) only the ones inside;
+    the folds are disjoint, cover every training query, and each query's negatives are its own."""
+    from datamodules.datamodule import fold_query_ids
+
+    common = dict(dataset=str(shared_data / "scifact"), val_split="test", num_negatives=4, negative_window=(0, 30),
+                  max_train_queries=60, train_subset_size=10, max_eval_queries=10, eval_depth=30)
+    whole = _dm(tmp_path, **common)
+    everyone = whole.training_query_ids()
+    folds = fold_query_ids(everyone, 3, seed=0)
+    assert sorted(q for f in folds for q in f) == sorted(everyone) and {len(f) for f in folds} == {20}
+    assert fold_query_ids(everyone, 3, seed=0) == folds and fold_query_ids(everyone, 3, seed=1) != folds
+    whole.setup("fit")
+    pools = {ex.query_id: ex.negatives for ex in whole.train_dataset.examples}
+    predicted: list[str] = []
+    for k in range(3):
+        dm = _dm(tmp_path, cross_fit=(k, 3), **common)
+        dm.setup("fit")
+        fitted = {ex.query_id for ex in dm.train_dataset.examples}
+        assert fitted == set(everyone) - set(folds[k]) - {q for q in everyone if q not in pools}
+        assert set(dm.eval_sets["train_subset"].qrels) <= fitted
+        dm.setup("predict")
+        scored = dm.predict_pairs()
+        assert set(scored.qrels) <= set(folds[k]) or not scored.qrels
+        for ex in dm.train_dataset.examples:
+            assert ex.query_id in folds[k] and ex.negatives == pools[ex.query_id]
+        predicted += [ex.query_id for ex in dm.train_dataset.examples]
+    assert sorted(predicted) == sorted(pools)
+    with pytest.raises(ValueError, match=r"cross_fit=\(3, 3\): expected \(fold, num_folds\)"):
+        RankingDataModule(dataset=common["dataset"], cross_fit=(3, 3))

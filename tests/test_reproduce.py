@@ -144,3 +144,36 @@ def test_bad_capacity_dims_fail_before_any_training(capsys):
     for bad in ("4,x", "0,8"):  # raised for the CLI to print as one `rankers: error:` line (tests/test_console.py)
         with pytest.raises(argparse.ArgumentError, match="expected comma-separated positive integers"):
             build_parser().parse_args(["--capacity-dims", bad])
+
+
+def test_reproduce_with_cross_fitted_teachers(tmp_path):
+    """--teacher_folds 2: each fold's teacher scores only the queries it was not trained on; the merged file
+    covers every training query once; the CA row is the fold teachers' mean score on the test candidates."""
+    from datamodules.datamodule import RankingDataModule
+    from datamodules.formats import read_run
+    from rankers.cli import main
+    from rankers.evaluation.metrics import evaluate_run
+
+    out = tmp_path / "cf"
+    payload = main(["reproduce", "--output-dir", str(out), "--embedded-scale", "0.05", "--teacher-epochs", "1",
+                    "--student-epochs", "1", "--losses", "kl", "--max-eval-queries", "10", "--train-subset", "10",
+                    "--eval-depth", "20", "--negative-window", "0,20", "--capacity-dims", "", "--teacher-folds", "2",
+                    "--accelerator", "cpu", "--precision", "32-true", *TINY])
+    folds = [read_run(out / f"ca_teacher_fold{k}" / "teacher_scores.trec") for k in range(2)]
+    merged = read_run(out / "ca_teacher" / "teacher_scores.trec")
+    assert folds[0] and folds[1] and not set(folds[0]) & set(folds[1])
+    assert merged == {**folds[0], **folds[1]}
+    fold_runs = [read_run(next((out / f"ca_teacher_fold{k}" / "runs").glob("test-rerank-*.trec"))) for k in range(2)]
+    mean = {q: {p: (fold_runs[0][q][p] + fold_runs[1][q][p]) / 2 for p in fold_runs[0][q]} for q in fold_runs[0]}
+    ca = next(r for r in payload["rows"] if r["model"] == "CA teacher")
+    dm = RankingDataModule(dataset="embedded", embedded_scale=0.05, max_eval_queries=10, eval_depth=20,
+                           negative_window=(0, 20), train_subset_size=10)
+    dm.prepare_data()
+    dm.setup("test")
+    qrels = dm.eval_sets["test"].qrels
+    assert set(qrels) == set(mean)
+    assert ca["mrr@10"] == pytest.approx(float(evaluate_run(mean, qrels, ["mrr@10"])["mrr@10"]), abs=1e-4)
+    assert "Cross-fitted teacher (2 folds)" in (out / "paper_table.md").read_text()
+    with pytest.raises(ValueError, match="--teacher_folds trains one teacher per fold"):
+        main(["reproduce", "--output-dir", str(tmp_path / "x"), "--teacher-folds", "2", "--teacher-checkpoint",
+              str(out / "ca_teacher_fold0" / "checkpoints" / "best.ckpt"), *TINY])

@@ -74,6 +74,9 @@ def build_parser():
     a("--teacher_checkpoint", "--teacher-checkpoint", default=None,
       help="reuse this CA checkpoint (e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier run) instead "
            "of training the teacher: it is still tested and scores the training candidates")
+    a("--teacher_folds", "--teacher-folds", type=int, default=1,
+      help="K >= 2: cross-fitted teacher scores -- K teachers, each trained on the training queries outside one "
+           "fold, score only that fold, so no student target comes from a teacher that saw its judgment")
     a("--teacher_epochs", "--teacher-epochs", type=int, default=d["teacher_epochs"],
       help="(configs/ca_teacher.yaml trainer.max_epochs)")
     a("--teacher_val_every", "--teacher-val-every", type=int, default=0,
@@ -210,6 +213,38 @@ def _test_only(args, model, dm, root: Path, ckpt: str) -> dict[str, dict[str, fl
     return results
 
 
+def merge_runs(paths: list[Path], output: Path) -> None:
+    """Concatenate score files over disjoint query sets (the folds' out-of-fold teacher scores) into one run."""
+    from datamodules.formats import read_run, write_run
+
+    merged: dict[str, dict[str, float]] = {}
+    for path in paths:
+        for qid, scores in read_run(path).items():
+            if qid in merged:
+                raise ValueError(f"{path}: query '{qid}' is also in an earlier fold's score file; folds must be disjoint")
+            merged[qid] = scores
+    write_run(merged, output, tag="ca-teacher-folds")
+
+
+def teacher_ensemble(teachers: list[dict[str, Any]], qrels) -> dict[str, Any]:
+    """The CA row of a cross-fitted run: the fold teachers as one model (the mean of their scores on each
+    test candidate), with the mean of their overfitting gaps (each on its own training queries)."""
+    from rankers.evaluation.metrics import evaluate_run
+
+    runs = [t["_run"] for t in teachers]
+    run = {q: {p: sum(r[q][p] for r in runs) / len(runs) for p in runs[0][q]} for q in runs[0]}
+    metrics = list(teachers[0]["test/rerank"])
+    result = evaluate_run(run, qrels, metrics)
+    out: dict[str, Any] = {"test/rerank": {m: float(result[m]) for m in metrics}, "_run": run,
+                           "_meta": {"fit_seconds": sum(t["_meta"]["fit_seconds"] for t in teachers),
+                                     "best_checkpoint": [t["_meta"]["best_checkpoint"] for t in teachers]},
+                           "_folds": [t["test/rerank"] for t in teachers]}
+    gaps = [t["gap/rerank"] for t in teachers if "gap/rerank" in t]
+    if len(gaps) == len(teachers):
+        out["gap/rerank"] = {k: sum(g[k] for g in gaps) / len(gaps) for k in ("train_subset", "val")}
+    return out
+
+
 def release_memory() -> None:
     """Drop a finished stage's model, optimizer and trainer before the next one is built, and hand freed
     heap pages back to the OS (glibc keeps them otherwise, so peak RSS would add up over the stages)."""
@@ -341,23 +376,36 @@ def run(args) -> dict[str, Any]:
     if args.teacher_checkpoint and not Path(args.teacher_checkpoint).is_file():
         raise FileNotFoundError(f"--teacher_checkpoint {args.teacher_checkpoint}: no such file (a CrossAttentionRanker "
                                 "checkpoint, e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier reproduce run)")
-    pl.seed_everything(args.seed, workers=True)
-    dm = _datamodule(args, num_negatives=args.teacher_num_negatives)
-    ca = CrossAttentionRanker(**teacher_init_args(args))
-    if args.teacher_checkpoint:
-        results["CA teacher"] = _test_only(args, ca, dm, out / "ca_teacher", args.teacher_checkpoint)
-    else:
-        results["CA teacher"] = _fit_and_test(args, "CA teacher", ca, dm, out / "ca_teacher", args.teacher_epochs,
-                                              val_every=args.teacher_val_every or args.teacher_epochs)
-
-    # 2. teacher scores with the best teacher checkpoint
+    if args.teacher_folds > 1 and args.teacher_checkpoint:
+        raise ValueError("--teacher_folds trains one teacher per fold; it cannot reuse --teacher_checkpoint")
     scores_path = out / "ca_teacher" / "teacher_scores.trec"
-    writer = TeacherScoreWriter(str(scores_path))
-    predictor = _trainer(args, out / "ca_teacher" / "predict", 1, [writer], monitor=False)
-    predictor.predict(ca, datamodule=dm, ckpt_path=results["CA teacher"]["_meta"]["best_checkpoint"],
-                      return_predictions=False)
-    del ca, predictor, writer
-    release_memory()
+    folds = [None] if args.teacher_folds <= 1 else [(k, args.teacher_folds) for k in range(args.teacher_folds)]
+    fold_scores: list[Path] = []
+    teachers: dict[str, Any] = {}
+    for fold in folds:
+        name, root = ("CA teacher", out / "ca_teacher") if fold is None else \
+            (f"CA teacher fold {fold[0]}", out / f"ca_teacher_fold{fold[0]}")
+        pl.seed_everything(args.seed, workers=True)
+        dm = _datamodule(args, num_negatives=args.teacher_num_negatives, cross_fit=fold)
+        ca = CrossAttentionRanker(**teacher_init_args(args))
+        if args.teacher_checkpoint:
+            teachers[name] = _test_only(args, ca, dm, root, args.teacher_checkpoint)
+        else:
+            teachers[name] = _fit_and_test(args, name, ca, dm, root, args.teacher_epochs,
+                                           val_every=args.teacher_val_every or args.teacher_epochs)
+        # 2. teacher scores with the best teacher checkpoint (with folds: of the held-out fold only)
+        fold_scores.append(root / "teacher_scores.trec")
+        writer = TeacherScoreWriter(str(fold_scores[-1]))
+        predictor = _trainer(args, root / "predict", 1, [writer], monitor=False)
+        predictor.predict(ca, datamodule=dm, ckpt_path=teachers[name]["_meta"]["best_checkpoint"],
+                          return_predictions=False)
+        del ca, predictor, writer
+        release_memory()
+    if len(folds) > 1:
+        merge_runs(fold_scores, scores_path)
+        results["CA teacher"] = teacher_ensemble(list(teachers.values()), dm.eval_sets["test"].qrels)
+    else:
+        results["CA teacher"] = teachers["CA teacher"]
     if args.capacity_dims:  # the paper's first claim, on this teacher's scores
         from rankers.commands.capacity import run as capacity
 
@@ -367,6 +415,9 @@ def run(args) -> dict[str, Any]:
     # 3. students from the same initialisation
     mining: dict[str, Any] = {}
     teacher_data: dict[str, Any] = dict(teacher_scores=str(scores_path))
+    if (args.refresh_every or args.denoise_margin is not None) and args.teacher_folds > 1:
+        raise ValueError("--refresh_every / --denoise_margin score new candidates with one teacher checkpoint; "
+                         "they cannot be combined with --teacher_folds")
     if args.refresh_every or args.denoise_margin is not None:
         # the teacher checkpoint scores every mined pool (refreshed ones too) once; those scores are
         # both the denoising signal and the distillation targets
@@ -419,6 +470,11 @@ def run(args) -> dict[str, Any]:
                           {name: res.get("gap/rerank") for name, res in results.items()}, significance, capacity_rows)
     table += "\n\nThe paper's three points on this run (criteria: rankers/evaluation/paper_points.py):\n\n"
     table += paper_points_markdown(points)
+    if "_folds" in results["CA teacher"]:
+        folds_text = ", ".join(f"{f['mrr@10']:.4f}" for f in results["CA teacher"]["_folds"])
+        table += (f"\n\nCross-fitted teacher ({len(results['CA teacher']['_folds'])} folds): each fold's teacher was trained on "
+                  f"the other folds' queries and scored only its own; the CA row is their mean score (test re-rank "
+                  f"MRR@10 of each fold's teacher: {folds_text}).")
     reused = f" (checkpoint {args.teacher_checkpoint}, not retrained)" if args.teacher_checkpoint else ""
     note = (f"\nMachine: {machine_line()}.\nDataset: {args.dataset}; teacher: {args.teacher_backbone}{reused}; student: {args.student_backbone}; "
             f"test split '{args.test_split}'. Re-rank rows score the same candidates (top-{args.eval_depth}); "
