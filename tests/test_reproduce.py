@@ -177,3 +177,6 @@ def test_reproduce_with_cross_fitted_teachers(tmp_path):
     with pytest.raises(ValueError, match="--teacher_folds trains one teacher per fold"):
         main(["reproduce", "--output-dir", str(tmp_path / "x"), "--teacher-folds", "2", "--teacher-checkpoint",
               str(out / "ca_teacher_fold0" / "checkpoints" / "best.ckpt"), *TINY])
+    with pytest.raises(ValueError, match="cannot be combined with --teacher_folds"):  # before any training
+        main(["reproduce", "--output-dir", str(tmp_path / "y"), "--teacher-folds", "2", "--refresh-every", "1", *TINY])
+    assert not (tmp_path / "y" / "ca_teacher_fold0").exists()

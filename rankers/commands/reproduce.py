@@ -376,8 +376,13 @@ def run(args) -> dict[str, Any]:
     if args.teacher_checkpoint and not Path(args.teacher_checkpoint).is_file():
         raise FileNotFoundError(f"--teacher_checkpoint {args.teacher_checkpoint}: no such file (a CrossAttentionRanker "
                                 "checkpoint, e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier reproduce run)")
+    if args.teacher_folds < 1:
+        raise ValueError(f"--teacher_folds {args.teacher_folds}: give 1 (one teacher on every training query) or K >= 2")
     if args.teacher_folds > 1 and args.teacher_checkpoint:
         raise ValueError("--teacher_folds trains one teacher per fold; it cannot reuse --teacher_checkpoint")
+    if args.teacher_folds > 1 and (args.refresh_every or args.denoise_margin is not None):
+        raise ValueError("--refresh_every / --denoise_margin score new candidates with one teacher checkpoint; "
+                         "they cannot be combined with --teacher_folds")
     scores_path = out / "ca_teacher" / "teacher_scores.trec"
     folds = [None] if args.teacher_folds <= 1 else [(k, args.teacher_folds) for k in range(args.teacher_folds)]
     fold_scores: list[Path] = []
@@ -415,9 +420,6 @@ def run(args) -> dict[str, Any]:
     # 3. students from the same initialisation
     mining: dict[str, Any] = {}
     teacher_data: dict[str, Any] = dict(teacher_scores=str(scores_path))
-    if (args.refresh_every or args.denoise_margin is not None) and args.teacher_folds > 1:
-        raise ValueError("--refresh_every / --denoise_margin score new candidates with one teacher checkpoint; "
-                         "they cannot be combined with --teacher_folds")
     if args.refresh_every or args.denoise_margin is not None:
         # the teacher checkpoint scores every mined pool (refreshed ones too) once; those scores are
         # both the denoising signal and the distillation targets
