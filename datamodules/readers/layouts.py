@@ -7,6 +7,7 @@ from pathlib import Path
 from .compression import COMPRESSED_SUFFIXES, is_archive, logical_name
 from .errors import DataFormatError
 from .hub import hub_configs, load_hub_data
+from .irds import is_irds, load_irds_data
 from .retrieval_data import RetrievalData
 from .texts import PARSER_VERSION, build_text_dataset, signature_hash, source_signature
 from .trec import Run, check_qrels_ids, check_run_ids, read_qrels, read_run, read_top1000
@@ -27,6 +28,7 @@ def load_retrieval_data(dataset: str | Path, *, cache_dir: str | Path | None = N
 
     ``dataset`` is a directory in BEIR layout (has ``corpus.jsonl``), in MS MARCO
     layout (has ``collection.tsv``), in BEIR's hub schema (README.md ``configs:``),
+    ``"irds:<id>"`` for an ``ir_datasets`` id (:mod:`datamodules.readers.irds`),
     or else a Hugging Face dataset name such as ``"BeIR/scifact"``. ``cache_dir``
     is where the Arrow caches go (default: the ``datasets`` cache).
 
@@ -34,6 +36,8 @@ def load_retrieval_data(dataset: str | Path, *, cache_dir: str | Path | None = N
         DataFormatError: bad content, located by file, line and field.
         UnknownDatasetError: not a recognised layout and not loadable from the hub.
     """
+    if is_irds(dataset):
+        return load_irds_data(str(dataset), cache_dir=cache_dir)
     path = Path(dataset).expanduser()
     if not path.exists():
         return load_hub_data(str(dataset), cache_dir=cache_dir)
