@@ -244,21 +244,18 @@ class RetrievalEvaluator(Callback):
     def _scores_from_embeddings(self, trainer, pl_module, pairs, queries, corpus: torch.Tensor | None) -> np.ndarray:
         """Every pair's score, query · passage / temperature (as the DE scores a pair), from embeddings of
         each distinct query and passage: the corpus embeddings when given, else the candidates', encoded once."""
-        from rankers.retrieval.encode import encode_texts
+        from rankers.retrieval.encode import dot_scores, encode_distinct
 
         query_ids, q_emb = queries
         local_query = {trainer.datamodule.query_rows[q]: k for k, q in enumerate(query_ids)}
         q_index = torch.as_tensor([local_query[int(r)] for r in pairs.query_row], dtype=torch.long)
         if corpus is None:  # encode only the candidates (no full retrieval, e.g. a large corpus)
-            rows, p_index = np.unique(pairs.passage_row, return_inverse=True)
-            texts = trainer.datamodule.load().corpus.select(rows.tolist())["text"] if len(rows) else []
             with trainer.precision_plugin.forward_context():
-                corpus = encode_texts(pl_module, texts, "passage", batch_size=self.encode_batch_size)
-            p_index = torch.from_numpy(p_index.reshape(-1).astype(np.int64))
+                corpus, p_index = encode_distinct(pl_module, trainer.datamodule.load().corpus, pairs.passage_row,
+                                                  "passage", batch_size=self.encode_batch_size)
         else:
             p_index = torch.from_numpy(pairs.passage_row)
-        scores = (q_emb.float()[q_index] * corpus[p_index].float()).sum(-1) / float(getattr(pl_module, "temperature", 1.0))
-        return scores.numpy()
+        return dot_scores(q_emb, q_index, corpus, p_index, getattr(pl_module, "temperature", 1.0))
 
     def _full_retrieval(self, trainer, pl_module, eval_sets, embeddings: torch.Tensor) -> None:
         data = trainer.datamodule.load()

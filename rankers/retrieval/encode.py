@@ -102,21 +102,30 @@ def encode_texts(
     return out
 
 
+def encode_distinct(model, table, rows: np.ndarray, side: str, *, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings of each distinct row of ``table`` (a dataset with a ``text`` column), each encoded once, and
+    for every entry of ``rows`` the index of its embedding."""
+    distinct, inverse = np.unique(rows, return_inverse=True)
+    emb = encode_texts(model, table.select(distinct.tolist())["text"] if len(distinct) else [], side,
+                       batch_size=batch_size)
+    return emb, torch.from_numpy(inverse.reshape(-1).astype(np.int64))
+
+
+def dot_scores(q_emb: torch.Tensor, q_index: torch.Tensor, p_emb: torch.Tensor, p_index: torch.Tensor,
+               temperature: float = 1.0) -> np.ndarray:
+    """Pair scores ``q_emb[q_index] · p_emb[p_index] / temperature`` in fp32: a dual encoder's ``pair_scores``
+    from precomputed embeddings."""
+    return ((q_emb.float()[q_index] * p_emb[p_index].float()).sum(-1) / float(temperature)).numpy()
+
+
 def embedding_pair_scores(model, queries, corpus, query_row: np.ndarray, passage_row: np.ndarray, *,
                           batch_size: int = 256) -> np.ndarray:
     """A dual encoder's score of each (query row, passage row) pair -- query · passage / temperature, as its
     ``pair_scores`` -- from one embedding per distinct query and passage (``queries`` / ``corpus``: datasets
     with a ``text`` column, indexed by the rows)."""
-    q_rows, q_index = np.unique(query_row, return_inverse=True)
-    p_rows, p_index = np.unique(passage_row, return_inverse=True)
-    q_emb = encode_texts(model, queries.select(q_rows.tolist())["text"] if len(q_rows) else [], "query",
-                         batch_size=batch_size)
-    p_emb = encode_texts(model, corpus.select(p_rows.tolist())["text"] if len(p_rows) else [], "passage",
-                         batch_size=batch_size)
-    q_index = torch.from_numpy(q_index.reshape(-1).astype(np.int64))
-    p_index = torch.from_numpy(p_index.reshape(-1).astype(np.int64))
-    scores = (q_emb.float()[q_index] * p_emb.float()[p_index]).sum(-1) / float(getattr(model, "temperature", 1.0))
-    return scores.numpy()
+    q_emb, q_index = encode_distinct(model, queries, query_row, "query", batch_size=batch_size)
+    p_emb, p_index = encode_distinct(model, corpus, passage_row, "passage", batch_size=batch_size)
+    return dot_scores(q_emb, q_index, p_emb, p_index, getattr(model, "temperature", 1.0))
 
 
 # --- chunked, resumable encoding (the ``index`` command) ------------------------------------------
