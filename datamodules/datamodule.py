@@ -20,6 +20,8 @@ import hashlib
 import inspect
 import logging
 import random
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -66,6 +68,26 @@ def _top(run: dict[str, dict[str, float]], depth: int) -> dict[str, list[str]]:
     from rankers.evaluation.metrics import rank_passages
 
     return {qid: rank_passages(c)[:depth] for qid, c in run.items()}
+
+
+@dataclass
+class TrainingCollection:
+    """One more training collection for :class:`RankingDataModule` (``extra_train``).
+
+    Args:
+        dataset: as ``RankingDataModule.dataset`` (a directory, ``irds:<id>``, a hub name, ``embedded``).
+        weight: how many passes over its training queries an epoch makes (2.0: each query twice, 0.5: half of
+            them; the main collection counts once).
+        teacher_scores: its teacher-score run (for distillation), covering its training queries' pools.
+        train_split: its training split.
+        max_train_queries: cap on its training queries (a seeded sample).
+    """
+
+    dataset: str
+    weight: float = 1.0
+    teacher_scores: str | None = None
+    train_split: str = "train"
+    max_train_queries: int | None = None
 
 
 def fold_query_ids(query_ids: list[str], num_folds: int, seed: int) -> list[list[str]]:
@@ -116,6 +138,10 @@ class RankingDataModule(pl.LightningDataModule):
         eval_depth: candidates per query for re-rank evaluation.
         train_subset_size: training queries also evaluated each epoch (train-vs-test gap); 0 = off.
         max_train_queries / max_eval_queries: cap the number of queries (deterministic sample).
+        extra_train: more training collections (:class:`TrainingCollection`, e.g. NQ beside MS MARCO), each with
+            its own BM25 negatives (same window and count) and teacher scores, mixed by their ``weight``; every
+            batch -- under DDP every global batch -- comes from one collection, so in-batch negatives stay
+            meaningful (:class:`datamodules.sampler.CollectionBatchSampler`). Evaluation uses ``dataset``.
         cross_fit: ``(fold, num_folds)`` for out-of-fold teacher scores: the training queries are split into
             ``num_folds`` seeded folds; ``fit`` (and the train-subset evaluation) use the queries *outside*
             ``fold`` and ``predict`` scores only the queries *in* it, so a teacher never scores the
@@ -166,6 +192,7 @@ class RankingDataModule(pl.LightningDataModule):
         max_train_queries: int | None = None,
         max_eval_queries: int | None = None,
         cross_fit: tuple[int, int] | None = None,
+        extra_train: list[TrainingCollection] | None = None,
         batch_size: int = 16,
         eval_batch_size: int = 128,
         num_workers: int = 0,
@@ -176,7 +203,7 @@ class RankingDataModule(pl.LightningDataModule):
         model_loader: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model_loader"])
+        self.save_hyperparameters(ignore=["model_loader", "extra_train"])
         self.model_loader = model_loader
         if negatives == "run" and not negatives_run:
             raise ValueError("RankingDataModule: negatives='run' needs negatives_run=PATH (a TREC run file)")
@@ -214,6 +241,12 @@ class RankingDataModule(pl.LightningDataModule):
             raise ValueError(f"cross_fit={tuple(cross_fit)}: expected (fold, num_folds) with num_folds >= 2 and "
                              "0 <= fold < num_folds")
         self.cross_fit = tuple(cross_fit) if cross_fit is not None else None
+        self.extra_train = [c if isinstance(c, TrainingCollection) else TrainingCollection(**c) for c in extra_train or []]
+        for c in self.extra_train:
+            if not c.weight > 0:
+                raise ValueError(f"extra_train {c.dataset}: weight must be > 0, got {c.weight}")
+        self._extra: list[RankingDataModule] | None = None
+        self.hparams["extra_train"] = [dataclasses.asdict(c) for c in self.extra_train]  # plain data in checkpoints
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -326,6 +359,8 @@ class RankingDataModule(pl.LightningDataModule):
                 wanted.setdefault(split, self.eval_depth)
         self._mine_bm25(wanted)
         self.mined(self.split_query_ids(self.train_split, self.max_train_queries))  # fills the negatives cache
+        for child in self.extra_collections():
+            child.prepare_data()
 
     def _mining_depth(self) -> int:
         return max(self.mining_depth or self.negative_window[1], self.eval_depth)
@@ -537,6 +572,24 @@ class RankingDataModule(pl.LightningDataModule):
         self._set_training_queries(query_ids, mined)
         log.info("training: %d queries, %d negatives each from pools of median size %d", len(self.train_dataset),
                  self.num_negatives, mined.summary()["pool_size_median"])
+        if not predicting:
+            for child, spec in zip(self.extra_collections(), self.extra_train):
+                child.trainer = self.trainer
+                child.query_rows, child.corpus_rows = child.load().query_index(), child.load().corpus_index()
+                child._setup_train()
+                log.info("training collection %s: %d queries, weight %s", spec.dataset, len(child.train_dataset), spec.weight)
+
+    def extra_collections(self) -> list["RankingDataModule"]:
+        """One DataModule per ``extra_train`` collection (its training side only: negatives, teacher scores)."""
+        if self._extra is None:
+            self._extra = [RankingDataModule(
+                dataset=c.dataset, embedded_scale=self.embedded_scale, train_split=c.train_split,
+                val_split=c.train_split, test_split=c.train_split, num_negatives=self.num_negatives,
+                negative_window=tuple(self.negative_window), mining_depth=self.mining_depth,
+                teacher_scores=c.teacher_scores, eval_depth=self.eval_depth, train_subset_size=0,
+                max_train_queries=c.max_train_queries, batch_size=self.batch_size, num_workers=self.num_workers,
+                pin_memory=self.pin_memory, cache_dir=self.cache_dir, seed=self.seed) for c in self.extra_train]
+        return self._extra
 
     def _set_training_queries(self, query_ids: list[str], mined) -> None:
         data = self.load()
@@ -665,7 +718,27 @@ class RankingDataModule(pl.LightningDataModule):
             self._set_training_queries(query_ids, self.mined(query_ids))
             self._active_refresh = self.refreshed
         self.train_dataset.epoch = epoch
+        if self.extra_train:
+            return self._collection_loader(epoch)
         return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+
+    def _collection_loader(self, epoch: int) -> DataLoader:
+        """The training loader over this collection and ``extra_train``'s, each batch from one of them."""
+        from torch.utils.data import ConcatDataset
+
+        from datamodules.sampler import CollectionBatchSampler, CollectionDataLoader
+
+        parts = [self.train_dataset, *(child.train_dataset for child in self.extra_collections())]
+        for part in parts:
+            part.epoch = epoch
+        sampler = CollectionBatchSampler([len(p) for p in parts], [1.0, *(c.weight for c in self.extra_train)],
+                                         batch_size=self.batch_size, seed=self.seed, epoch=epoch,
+                                         num_replicas=getattr(self.trainer, "world_size", 1),
+                                         rank=getattr(self.trainer, "global_rank", 0))
+        return CollectionDataLoader(ConcatDataset(parts), batch_sampler=sampler, num_workers=self.num_workers,
+                                    collate_fn=self._collate(), pin_memory=self.pin_memory,
+                                    multiprocessing_context=self._worker_context(),
+                                    generator=torch.Generator().manual_seed(self.seed + epoch))
 
     def eval_names(self, stage: str) -> list[str]:
         """Names of the eval pair sets in dataloader order for a stage ("val" loop or "test" loop)."""

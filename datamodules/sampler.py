@@ -26,12 +26,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ResumableSampler", "ResumableDataLoader", "resumable_train_loader"]
+__all__ = ["ResumableSampler", "ResumableDataLoader", "resumable_train_loader", "CollectionBatchSampler",
+           "CollectionDataLoader"]
 
 
 class ResumableSampler(DistributedSampler):
@@ -126,3 +127,102 @@ def resumable_train_loader(dataset: Dataset, *, batch_size: int, seed: int, epoc
     sampler = ResumableSampler(dataset, seed=seed, epoch=epoch, num_replicas=num_replicas, rank=rank)
     kwargs.setdefault("generator", torch.Generator().manual_seed(seed + epoch))
     return ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+
+
+class CollectionBatchSampler(Sampler[list[int]]):
+    """Batches over several training collections concatenated (a ``ConcatDataset``), each batch from one.
+
+    Per epoch, collection ``c`` (``sizes[c]`` items, starting at the sum of the sizes before it) contributes
+    ``round(weights[c] * sizes[c])`` draws -- a seeded permutation of its items, cycled when the weight is above
+    1 --, cut into *global* batches of ``batch_size * num_replicas`` (the last one completed by cycling); the
+    global batches are shuffled (seeded by ``seed + epoch``) and rank ``r`` takes the ``r``-th ``batch_size``
+    slice of each, so under DDP the passages gathered as in-batch negatives all come from one collection too.
+    Deterministic and the same on every rank; resumable like :class:`ResumableSampler` (:meth:`start_at`,
+    counted in batches).
+    """
+
+    def __init__(self, sizes: list[int], weights: list[float], *, batch_size: int, seed: int = 0, epoch: int = 0,
+                 num_replicas: int = 1, rank: int = 0) -> None:
+        if len(sizes) != len(weights) or not sizes:
+            raise ValueError(f"CollectionBatchSampler: {len(sizes)} collection sizes but {len(weights)} weights")
+        bad = [w for w in weights if not w > 0]
+        if bad:
+            raise ValueError(f"CollectionBatchSampler: weights must be > 0, got {weights}")
+        self.sizes, self.weights = list(sizes), list(weights)
+        self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
+        self.num_replicas, self.rank = num_replicas, rank
+        self._start: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_batches(self) -> list[tuple[int, list[int]]]:
+        """``(collection, item indices)`` of every global batch of the epoch, in training order."""
+        width = self.batch_size * self.num_replicas
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches: list[tuple[int, list[int]]] = []
+        offset = 0
+        for c, (size, weight) in enumerate(zip(self.sizes, self.weights)):
+            if size:
+                draws = max(1, round(weight * size))
+                rounds = -(-(draws + width) // size)  # enough for the draws and for completing the last batch
+                order = torch.cat([torch.randperm(size, generator=generator) for _ in range(rounds)]).tolist()
+                drawn = [offset + i for i in order[:draws]]
+                for lo in range(0, draws, width):
+                    chunk = drawn[lo:lo + width]
+                    if len(chunk) < width:  # complete the last global batch from the collection's next draws
+                        chunk += [offset + i for i in order[draws:draws + width - len(chunk)]]
+                    batches.append((c, chunk))
+            offset += size
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[i] for i in shuffled]
+
+    def start_at(self, epoch: int, batches: int) -> None:
+        self._start = (int(epoch), int(batches))
+
+    def pending_start(self) -> int:
+        if self._start is None or self._start[0] != self.epoch:
+            return 0
+        return min(self._start[1], len(self))
+
+    def __len__(self) -> int:
+        width = self.batch_size * self.num_replicas
+        return sum(-(-max(1, round(w * s)) // width) for s, w in zip(self.sizes, self.weights) if s)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start = self.pending_start()
+        self._start = None
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        return iter([items[lo:hi] for _, items in self.global_batches()[start:]])
+
+
+class CollectionDataLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`CollectionBatchSampler` whose in-epoch position (in batches) is
+    checkpointed, as :class:`ResumableDataLoader` does for one collection."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.batch_sampler, CollectionBatchSampler):
+            raise TypeError("CollectionDataLoader needs a CollectionBatchSampler as batch_sampler")
+        self._position = {"epoch": self.batch_sampler.epoch, "batches": 0}
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler: CollectionBatchSampler = self.batch_sampler  # type: ignore[assignment]
+        position = {"epoch": sampler.epoch, "batches": sampler.pending_start()}
+        self._position = position
+        for batch in super().__iter__():
+            position["batches"] += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self._position["epoch"]), "batches": int(self._position["batches"]),
+                "num_replicas": int(self.batch_sampler.num_replicas)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler: CollectionBatchSampler = self.batch_sampler  # type: ignore[assignment]
+        if state.get("num_replicas", sampler.num_replicas) != sampler.num_replicas or state.get("epoch") != sampler.epoch:
+            log.warning("the checkpoint's data position does not match this run (processes or epoch); the "
+                        "interrupted epoch restarts from a fresh pass")
+            return
+        sampler.start_at(state["epoch"], state.get("batches", 0))
+        self._position = {"epoch": sampler.epoch, "batches": sampler.pending_start()}

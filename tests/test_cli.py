@@ -152,3 +152,19 @@ def test_switching_dataset_and_backbone_by_flag(workdir, monkeypatch, shared_dat
     assert cli.model.query_encoder.config.hidden_size == 384
     # a real pretrained encoder re-ranking BM25's top-10 of SciFact finds relevant abstracts
     assert cli.trainer.callback_metrics["val/rerank/mrr@10"] > 0.3
+
+
+def test_fit_on_two_training_collections_from_the_command_line(shared_data, tmp_path):
+    """--data.extra_train: a typed list LightningCLI parses (YAML / JSON), mixed into the training batches."""
+    from rankers.cli import main
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    extra = f'[{{dataset: {shared_data / "wikiqa"}, weight: 0.5, max_train_queries: 16}}]'
+    main(["fit", "--config", str(configs / "de_baseline.yaml"), "--config", str(configs / "overlays" / "cpu_smoke.yaml"),
+          "--data.extra_train", extra, "--data.cache_dir", str(tmp_path / "cache"), "--trainer.accelerator", "cpu",
+          "--trainer.default_root_dir", str(tmp_path / "run")])
+    import torch
+
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    (extra,) = ckpt["datamodule_hyper_parameters"]["extra_train"]  # plain data: loads with weights_only=True
+    assert extra["dataset"] == str(shared_data / "wikiqa") and extra["weight"] == 0.5

@@ -185,3 +185,50 @@ def test_cross_fit_folds_split_fit_and_predict_queries(shared_data, tmp_path):
     assert sorted(predicted) == sorted(pools)
     with pytest.raises(ValueError, match=r"cross_fit=\(3, 3\): expected \(fold, num_folds\)"):
         RankingDataModule(dataset=common["dataset"], cross_fit=(3, 3))
+
+
+def test_collection_batches_stay_in_one_collection_weighted_sharded_and_resumable():
+    from datamodules.sampler import CollectionBatchSampler
+
+    sampler = CollectionBatchSampler([5, 3], [1.0, 2.0], batch_size=2, seed=0, epoch=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 3 + 3
+    for batch in batches:
+        assert all(i < 5 for i in batch) or all(5 <= i < 8 for i in batch)
+    drawn = sorted(i for b in batches for i in b)
+    assert sum(i < 5 for i in drawn) == 6 and {i for i in drawn if i < 5} == set(range(5))  # last batch completed
+    assert sum(5 <= i for i in drawn) == 6 and {drawn.count(i) for i in range(5, 8)} == {2}  # weight 2: twice each
+    assert batches == list(CollectionBatchSampler([5, 3], [1.0, 2.0], batch_size=2, seed=0, epoch=0))
+    assert batches != list(CollectionBatchSampler([5, 3], [1.0, 2.0], batch_size=2, seed=0, epoch=1))
+    ranks = [list(CollectionBatchSampler([8, 8], [1.0, 0.5], batch_size=2, seed=0, epoch=0, num_replicas=2, rank=r))
+             for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 2 + 1
+    for a, b in zip(*ranks):  # the two ranks' batches of a step: one global batch, one collection, no overlap
+        assert (max(a + b) < 8 or min(a + b) >= 8) and not set(a) & set(b)
+    assert sorted(i for r in ranks for b in r for i in b if i < 8) == list(range(8))
+    sampler.start_at(0, 4)
+    assert list(sampler) == batches[4:] and list(sampler) == batches  # the offset applies to one pass
+    with pytest.raises(ValueError, match="weights must be > 0"):
+        CollectionBatchSampler([5], [0.0], batch_size=2)
+
+
+def test_training_on_two_collections_mixes_whole_batches(shared_data, tmp_path):
+    """extra_train: WikiQA's training queries beside SciFact's, each batch from one, each with its own pools."""
+    from datamodules.datamodule import TrainingCollection
+
+    dm = _dm(tmp_path, dataset=str(shared_data / "scifact"), val_split="test", num_negatives=3,
+             negative_window=(0, 20), max_train_queries=24, train_subset_size=0, max_eval_queries=5, eval_depth=20,
+             batch_size=4, extra_train=[TrainingCollection(str(shared_data / "wikiqa"), weight=0.5, max_train_queries=16)])
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    scifact = {ex.query_id for ex in dm.train_dataset.examples}
+    wikiqa = {ex.query_id for ex in dm.extra_collections()[0].train_dataset.examples}
+    assert len(scifact) == 24 and len(wikiqa) == 16 and not scifact & wikiqa
+    seen = {"scifact": 0, "wikiqa": 0}
+    for batch in loader:
+        ids = {item["query_id"] for item in batch}
+        assert ids <= scifact or ids <= wikiqa
+        seen["scifact" if ids <= scifact else "wikiqa"] += len(batch)
+    assert seen == {"scifact": 24, "wikiqa": 8}  # weight 0.5: half of WikiQA's queries per epoch
+    assert loader.state_dict()["batches"] == len(loader) == 6 + 2
+    assert dm.hparams["extra_train"][0]["weight"] == 0.5
