@@ -96,3 +96,17 @@ def test_fit_and_test_through_the_cli_on_an_irds_id(tmp_path):
     assert ckpt.exists()
     main(["test", *common, "--ckpt_path", str(ckpt)])
     assert list((tmp_path / "run" / "runs").glob("test-rerank-*.trec"))
+
+
+def test_reproduce_on_an_irds_id(tmp_path):
+    from rankers.cli import main
+
+    ident = _register(tmp_path / "src")
+    payload = main(["reproduce", "--output-dir", str(tmp_path / "out"), "--dataset", f"irds:{ident}",
+                    "--val-split", "test", "--teacher-backbone", "tiny", "--student-backbone", "tiny",
+                    "--teacher-epochs", "1", "--student-epochs", "1", "--losses", "kl", "--capacity-dims", "",
+                    "--negative-window", "0,10", "--eval-depth", "5", "--train-subset", "2", "--similarity", "dot",
+                    "--temperature", "1", "--max-train-queries", "0", "--accelerator", "cpu", "--precision", "32-true"])
+    models = {row["model"] for row in payload["rows"]}
+    assert {"BM25 candidates", "CA teacher", "DE labels", "DE kl"} <= models
+    assert f"Dataset: irds:{ident}" in (tmp_path / "out" / "paper_table.md").read_text()
