@@ -6,7 +6,9 @@ evaluation would use: the collection's own runs where it ships them (WikiQA), el
 The model scores every (query, candidate) pair of the dataset's ``split`` under the trainer's precision (a
 dual encoder from one embedding per distinct query and passage, a CA pair by pair), and the callback logs ``suite/<name>/<metric>`` for each dataset and
 ``suite/mean/<metric>`` over them, writes one TREC run per dataset to ``<run dir>/runs/suite-<name>-<split>.trec``
-and the table to ``<run dir>/suite.md``. Every rank computes the same numbers (a suite is small; nothing is
+and the table to ``<run dir>/suite.md``. With ``full_retrieval`` a dual encoder also retrieves from each dataset's
+whole corpus (the one encode -> index -> search path, :func:`datamodules.negatives.dense_run`), logged as
+``suite/<name>/retrieval/<metric>`` with its own run file and table. Every rank computes the same numbers (a suite is small; nothing is
 sharded), rank zero writes the files.
 """
 from __future__ import annotations
@@ -43,6 +45,8 @@ class SuiteEvaluator(Callback):
         metrics: names :func:`rankers.evaluation.metrics.evaluate_run` takes; the first is the table's headline.
         batch_size: pairs per model batch.
         on_validation: also evaluate the suite after every validation (default: after ``test`` only).
+        full_retrieval: a dual encoder also retrieves the top ``retrieval_depth`` from each dataset's corpus
+            through a dense index (ignored for a CA).
         embedded_scale / cache_dir: as the DataModule's, for ``embedded`` and the Arrow caches.
         output_dir: where ``runs/`` and ``suite.md`` go (default: the trainer's log dir).
     """
@@ -57,6 +61,8 @@ class SuiteEvaluator(Callback):
         metrics: Sequence[str] = ("ndcg@10", "mrr@10", "recall@100"),
         batch_size: int = 128,
         on_validation: bool = False,
+        full_retrieval: bool = False,
+        retrieval_depth: int = 100,
         embedded_scale: float = 1.0,
         cache_dir: str | None = None,
         output_dir: str | None = None,
@@ -72,8 +78,11 @@ class SuiteEvaluator(Callback):
         self.split, self.eval_depth, self.max_eval_queries = split, eval_depth, max_eval_queries
         self.metrics, self.batch_size, self.on_validation = tuple(metrics), batch_size, on_validation
         self.embedded_scale, self.cache_dir, self.output_dir = embedded_scale, cache_dir, output_dir
+        self.full_retrieval, self.retrieval_depth = full_retrieval, retrieval_depth
         self.results: dict[str, dict[str, float]] = {}
+        self.retrieval_results: dict[str, dict[str, float]] = {}
         self._pairs: dict[str, Any] = {}
+        self._modules: dict[str, Any] = {}
 
     # --- Lightning hooks ----------------------------------------------------------------------
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -84,10 +93,11 @@ class SuiteEvaluator(Callback):
             self.evaluate(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"results": self.results}
+        return {"results": self.results, "retrieval_results": self.retrieval_results}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.results = dict(state_dict.get("results", {}))
+        self.retrieval_results = dict(state_dict.get("retrieval_results", {}))
 
     # --- the work -------------------------------------------------------------------------------
     def pairs(self, index: int):
@@ -102,7 +112,7 @@ class SuiteEvaluator(Callback):
                                    max_eval_queries=self.max_eval_queries, train_subset_size=0, cache_dir=self.cache_dir)
             dm.prepare_data()
             dm.setup("test")
-            self._pairs[name] = dm.eval_sets["test"]
+            self._pairs[name], self._modules[name] = dm.eval_sets["test"], dm
         return self._pairs[name]
 
     @torch.no_grad()
@@ -151,6 +161,8 @@ class SuiteEvaluator(Callback):
                 write_run(run, base / "runs" / f"suite-{name}-{self.split}.trec", tag=f"rankers-suite-{name}")
             log.info("suite/%s: %s (%d queries)", name, ", ".join(f"{m}={results[name][m]:.4f}" for m in self.metrics),
                      results[name]["num_queries"])
+        if self.full_retrieval and hasattr(pl_module, "encode_passage_inputs"):
+            self._retrieve(trainer, pl_module, base)
         mean = {m: float(np.mean([results[n][m] for n in self.names])) for m in self.metrics}
         for name, values in [*results.items(), ("mean", mean)]:
             for metric in self.metrics:
@@ -164,8 +176,36 @@ class SuiteEvaluator(Callback):
                 handle.write(self.markdown())
         return self.results
 
+    @torch.no_grad()
+    def _retrieve(self, trainer: pl.Trainer, pl_module: pl.LightningModule, base: Path) -> None:
+        """Full retrieval from each dataset's corpus with the dual encoder; fills ``retrieval_results``."""
+        from datamodules.formats import write_run
+        from datamodules.negatives import dense_run
+        from rankers.evaluation.metrics import evaluate_run
+
+        for i, name in enumerate(self.names):
+            pairs, dm = self.pairs(i), self._modules[self.names[i]]
+            data = dm.load()
+            queries = data.queries.select([dm.query_rows[q] for q in pairs.qrels])
+            with trainer.precision_plugin.forward_context():
+                run = dense_run(pl_module, data.corpus, queries, depth=self.retrieval_depth,
+                                batch_size=self.batch_size, progress=trainer.is_global_zero)
+            result = evaluate_run(run, pairs.qrels, self.metrics)
+            self.retrieval_results[name] = {m: float(result[m]) for m in self.metrics}
+            self.retrieval_results[name]["num_queries"] = int(result["num_queries"])
+            if trainer.is_global_zero:
+                write_run(run, base / "runs" / f"suite-{name}-{self.split}-retrieval.trec",
+                          tag=f"rankers-suite-{name}-retrieval")
+            log.info("suite/%s/retrieval: %s", name, ", ".join(f"{m}={self.retrieval_results[name][m]:.4f}"
+                                                               for m in self.metrics))
+        mean = {m: float(np.mean([self.retrieval_results[n][m] for n in self.names])) for m in self.metrics}
+        self.retrieval_results["mean"] = mean
+        for name, values in self.retrieval_results.items():
+            for metric in self.metrics:
+                pl_module.log(f"suite/{name}/retrieval/{metric}", values[metric], sync_dist=True, rank_zero_only=False)
+
     def markdown(self) -> str:
-        """The suite table (re-rank, ``split``) of the last evaluation."""
+        """The suite table (re-rank, ``split``) of the last evaluation, then the full-retrieval one if run."""
         header = "| dataset | queries | " + " | ".join(self.metrics) + " |"
         lines = [header, "|---|---|" + "---|" * len(self.metrics)]
         for name in self.names:
@@ -173,4 +213,13 @@ class SuiteEvaluator(Callback):
             lines.append(f"| {name} | {values['num_queries']} | " + " | ".join(f"{values[m]:.4f}" for m in self.metrics) + " |")
         mean = self.results["mean"]
         lines.append("| **mean** | | " + " | ".join(f"{mean[m]:.4f}" for m in self.metrics) + " |")
+        if self.retrieval_results:
+            lines += ["", f"Full retrieval (top {self.retrieval_depth} from each corpus, dense index):", "", header,
+                      lines[1]]
+            for name in self.names:
+                values = self.retrieval_results[name]
+                lines.append(f"| {name} | {values['num_queries']} | "
+                             + " | ".join(f"{values[m]:.4f}" for m in self.metrics) + " |")
+            mean = self.retrieval_results["mean"]
+            lines.append("| **mean** | | " + " | ".join(f"{mean[m]:.4f}" for m in self.metrics) + " |")
         return "\n".join(lines) + "\n"

@@ -25,7 +25,7 @@ def test_a_suite_from_one_overlay(tmp_path, monkeypatch, shared_data):
     # the shipped overlay, with ../shared/data resolved from here and the suite kept small
     overlay = (ROOT / "configs" / "overlays" / "suite.yaml").read_text()
     overlay = overlay.replace("../shared/data", str(shared_data)).replace("eval_depth: 100", (
-        "eval_depth: 20\n        max_eval_queries: 20\n        embedded_scale: 0.1"))
+        "eval_depth: 20\n        max_eval_queries: 20\n        embedded_scale: 0.1\n        full_retrieval: true"))
     (tmp_path / "suite.yaml").write_text(overlay)
     cli = main(["test", "--config", "configs/de_baseline.yaml", *SMOKE, "--config", "suite.yaml",
                 "--data.eval_depth", "20", "--ckpt_path", str(tmp_path / "de.ckpt")])
@@ -47,6 +47,13 @@ def test_a_suite_from_one_overlay(tmp_path, monkeypatch, shared_data):
     assert all(set(c) <= set(wikiqa[q]) for q, c in read_run(run_dir / "runs" / "suite-wikiqa-test.trec").items())
     table = (run_dir / "suite.md").read_text()
     assert "| scifact | 20 |" in table and "| **mean** |" in table
+    # full retrieval: on the embedded default the suite's dense search finds what the main evaluation's did
+    assert metrics["suite/embedded/retrieval/ndcg@10"] == pytest.approx(metrics["test/retrieval/ndcg@10"], abs=2e-3)
+    for name in names:
+        run = read_run(run_dir / "runs" / f"suite-{name}-test-retrieval.trec")
+        assert evaluate_run(run, suite.pairs(names.index(name)).qrels, ["ndcg@10"])["ndcg@10"] == pytest.approx(
+            metrics[f"suite/{name}/retrieval/ndcg@10"], abs=1e-6)
+    assert "Full retrieval (top 100" in table
 
 
 def test_suite_arguments_are_checked(tmp_path):
