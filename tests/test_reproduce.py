@@ -180,3 +180,37 @@ def test_reproduce_with_cross_fitted_teachers(tmp_path):
     with pytest.raises(ValueError, match="cannot be combined with --teacher_folds"):  # before any training
         main(["reproduce", "--output-dir", str(tmp_path / "y"), "--teacher-folds", "2", "--refresh-every", "1", *TINY])
     assert not (tmp_path / "y" / "ca_teacher_fold0").exists()
+
+
+def test_reproduce_distils_the_students_from_a_given_score_file(tmp_path):
+    """--teacher_scores FILE: the students' targets come from FILE. Given the first run's own score file they
+    train exactly as the first run's students did; a constant file makes a different KL student."""
+    from datamodules.formats import read_run, write_run
+    from rankers.cli import main
+
+    common = ["--embedded-scale", "0.05", "--student-epochs", "1", "--losses", "kl", "--max-eval-queries", "10",
+              "--train-subset", "10", "--eval-depth", "20", "--negative-window", "0,20", "--capacity-dims", "",
+              "--accelerator", "cpu", "--precision", "32-true", *TINY]
+    first = main(["reproduce", "--output-dir", str(tmp_path / "a"), "--teacher-epochs", "1", *common])
+    ckpt, scores = tmp_path / "a" / "ca_teacher" / "checkpoints" / "best.ckpt", tmp_path / "a" / "ca_teacher" / "teacher_scores.trec"
+    import torch
+
+    def kl_weights(run: str) -> dict[str, torch.Tensor]:
+        return torch.load(tmp_path / run / "de_kl" / "checkpoints" / "last.ckpt", map_location="cpu",
+                          weights_only=True)["state_dict"]
+
+    kl = lambda payload: next(r for r in payload["rows"] if r["model"] == "DE kl" and r["eval"] == "re-rank")  # noqa: E731
+    same = main(["reproduce", "--output-dir", str(tmp_path / "b"), "--teacher-checkpoint", str(ckpt),
+                 "--teacher-scores", str(scores), *common])
+    assert kl(same) == kl(first)
+    a, b = kl_weights("a"), kl_weights("b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    flat = tmp_path / "flat.trec"
+    write_run({q: {p: 0.0 for p in ps} for q, ps in read_run(scores).items()}, flat)
+    main(["reproduce", "--output-dir", str(tmp_path / "c"), "--teacher-checkpoint", str(ckpt),
+          "--teacher-scores", str(flat), *common])
+    c = kl_weights("c")
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # other targets, other student
+    assert "students distilled from" in (tmp_path / "c" / "paper_table.md").read_text()
+    with pytest.raises(FileNotFoundError, match="--teacher_scores .*nowhere.trec: no such file"):
+        main(["reproduce", "--output-dir", str(tmp_path / "d"), "--teacher-scores", str(tmp_path / "nowhere.trec"), *common])

@@ -74,6 +74,9 @@ def build_parser():
     a("--teacher_checkpoint", "--teacher-checkpoint", default=None,
       help="reuse this CA checkpoint (e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier run) instead "
            "of training the teacher: it is still tested and scores the training candidates")
+    a("--teacher_scores", "--teacher-scores", default=None,
+      help="distil the students from this teacher-score file (any format --data.teacher_scores reads: a TREC run, "
+           "Hofstaetter et al.'s pair TSV, ...) instead of the trained teacher's; the CA row is still this run's teacher")
     a("--teacher_folds", "--teacher-folds", type=int, default=1,
       help="K >= 2: cross-fitted teacher scores -- K teachers, each trained on the training queries outside one "
            "fold, score only that fold, so no student target comes from a teacher that saw its judgment")
@@ -376,6 +379,10 @@ def run(args) -> dict[str, Any]:
     if args.teacher_checkpoint and not Path(args.teacher_checkpoint).is_file():
         raise FileNotFoundError(f"--teacher_checkpoint {args.teacher_checkpoint}: no such file (a CrossAttentionRanker "
                                 "checkpoint, e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier reproduce run)")
+    if args.teacher_scores and not Path(args.teacher_scores).is_file():
+        raise FileNotFoundError(f"--teacher_scores {args.teacher_scores}: no such file")
+    if args.teacher_scores and args.teacher_folds > 1:
+        raise ValueError("--teacher_scores gives the students' targets; --teacher_folds would make them: use one")
     if args.teacher_folds < 1:
         raise ValueError(f"--teacher_folds {args.teacher_folds}: give 1 (one teacher on every training query) or K >= 2")
     if args.teacher_folds > 1 and args.teacher_checkpoint:
@@ -406,6 +413,8 @@ def run(args) -> dict[str, Any]:
                           return_predictions=False)
         del ca, predictor, writer
         release_memory()
+    if args.teacher_scores:  # the students distil from the given file (the teacher's own scores stay beside it)
+        scores_path = Path(args.teacher_scores)
     if len(folds) > 1:
         merge_runs(fold_scores, scores_path)
         results["CA teacher"] = teacher_ensemble(list(teachers.values()), dm.eval_sets["test"].qrels)
@@ -478,6 +487,8 @@ def run(args) -> dict[str, Any]:
                   f"the other folds' queries and scored only its own; the CA row is their mean score (test re-rank "
                   f"MRR@10 of each fold's teacher: {folds_text}).")
     reused = f" (checkpoint {args.teacher_checkpoint}, not retrained)" if args.teacher_checkpoint else ""
+    if args.teacher_scores:
+        reused += f"; students distilled from {args.teacher_scores}"
     note = (f"\nMachine: {machine_line()}.\nDataset: {args.dataset}; teacher: {args.teacher_backbone}{reused}; student: {args.student_backbone}; "
             f"test split '{args.test_split}'. Re-rank rows score the same candidates (top-{args.eval_depth}); "
             f"gap closed = (DE_distill − DE_labels) / (CA − DE_labels) on re-rank MRR@10. Total time {elapsed:.0f}s.\n")
