@@ -110,3 +110,20 @@ def test_reproduce_on_an_irds_id(tmp_path):
     models = {row["model"] for row in payload["rows"]}
     assert {"BM25 candidates", "CA teacher", "DE labels", "DE kl"} <= models
     assert f"Dataset: irds:{ident}" in (tmp_path / "out" / "paper_table.md").read_text()
+
+
+def test_distil_from_published_score_pairs_through_the_cli(tmp_path):
+    """Hofstaetter et al.'s pair TSV (pos_score neg_score qid pid_pos pid_neg) as both the negatives and the
+    teacher scores of `fit`, on an irds: dataset, from the command line."""
+    from rankers.cli import main
+
+    ident = _register(tmp_path / "src")
+    pairs = tmp_path / "bert_cat_ensemble_scores.tsv"
+    pairs.write_text("6.5\t1.0\tq1\td1\td3\n6.5\t-0.5\tq1\td1\td4\n5.0\t2.0\tq2\td2\td6\n4.5\t0.5\tq2\td5\td7\n")
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    main(["fit", "--config", str(configs / "de_distill.yaml"), "--config", str(configs / "overlays" / "cpu_smoke.yaml"),
+          "--data.dataset", f"irds:{ident}", "--data.val_split", "test", "--data.negatives", "run",
+          "--data.negatives_run", str(pairs), "--data.teacher_scores", str(pairs), "--data.negative_window", "[0, 10]",
+          "--data.eval_depth", "5", "--data.cache_dir", str(tmp_path / "cache"), "--trainer.accelerator", "cpu",
+          "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
