@@ -127,3 +127,11 @@ def test_distil_from_published_score_pairs_through_the_cli(tmp_path):
           "--data.eval_depth", "5", "--data.cache_dir", str(tmp_path / "cache"), "--trainer.accelerator", "cpu",
           "--trainer.default_root_dir", str(tmp_path / "run")])
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_query_id_with_two_texts_across_splits_is_an_error(tmp_path):
+    ident = _register(tmp_path / "src")
+    (tmp_path / "src" / "test.tsv").write_text("q1\tanother question\nq4\tnumber five\n")  # q1 is also in train
+    (tmp_path / "src" / "test.qrels").write_text("q1 0 d0 1\n")
+    with pytest.raises(Exception, match=rf"irds:{ident} \(queries\):3: field 'text': id 'q1' has another text on record 1"):
+        load_retrieval_data(f"irds:{ident}", cache_dir=tmp_path / "cache")

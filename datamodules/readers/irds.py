@@ -58,13 +58,16 @@ def _splits(ir_datasets: Any, ident: str) -> dict[str, str]:
 
 
 def _texts(records: Iterator[Any], source: str, text_of) -> Iterator[dict[str, str]]:
-    seen: set[str] = set()
+    seen: dict[str, tuple[int, str]] = {}
     for number, record in enumerate(records, start=1):
         rid = check_id(source, number, "id", record[0])
-        if rid in seen:
-            continue  # a query listed by two splits
-        seen.add(rid)
-        yield {"id": rid, "text": check_string(source, number, "text", text_of(record))}
+        text = check_string(source, number, "text", text_of(record))
+        if rid in seen:  # a query listed by two splits: kept once, if it is the same query
+            if seen[rid][1] != text:
+                raise DataFormatError(source, number, "text", f"id {rid!r} has another text on record {seen[rid][0]}")
+            continue
+        seen[rid] = (number, text)
+        yield {"id": rid, "text": text}
 
 
 def _doc_text(doc: Any) -> str:
@@ -73,7 +76,7 @@ def _doc_text(doc: Any) -> str:
     return getattr(doc, "text")
 
 
-def _generate(ident: str, what: str, split_ids: list[str]) -> Iterator[dict[str, str]]:
+def _generate(ident: str, what: str, split_ids: str) -> Iterator[dict[str, str]]:
     import ir_datasets
 
     source = f"irds:{ident} ({what})"
@@ -82,7 +85,7 @@ def _generate(ident: str, what: str, split_ids: list[str]) -> Iterator[dict[str,
             yield from _texts(ir_datasets.load(ident).docs_iter(), source, _doc_text)
         else:
             def all_queries():
-                for sid in split_ids:
+                for sid in split_ids.split("\n"):
                     yield from ir_datasets.load(sid).queries_iter()
 
             yield from _texts(all_queries(), source, lambda q: getattr(q, "text", None) or q.default_text())
@@ -94,7 +97,9 @@ def _table(ident: str, what: str, split_ids: list[str], version: str, cache_dir:
     try:
         return datasets.Dataset.from_generator(
             _generate, features=TEXT_FEATURES, cache_dir=None if cache_dir is None else str(cache_dir),
-            keep_in_memory=False, gen_kwargs={"ident": ident, "what": what, "split_ids": split_ids},
+            # one string, not a list: datasets would shard a list over several generator calls, and the check
+            # that a query listed by two splits has one text needs them all in one pass
+            keep_in_memory=False, gen_kwargs={"ident": ident, "what": what, "split_ids": "\n".join(split_ids)},
             fingerprint=signature_hash("irds", PARSER_VERSION, version, ident, what, *split_ids),
         )
     except datasets.exceptions.DatasetGenerationError as err:
