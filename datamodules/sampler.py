@@ -72,7 +72,52 @@ class ResumableSampler(DistributedSampler):
         return iter(indices[start:])
 
 
-class ResumableDataLoader(DataLoader):
+class _CheckpointedPosition:
+    """The in-epoch position of a training ``DataLoader`` as Lightning checkpoints it: what the loader handed
+    out in the current pass (``unit``: ``"samples"`` or ``"batches"``), the epoch and the number of processes;
+    after ``load_state_dict`` the order's next pass starts where that count ended. The order (``_order()``)
+    has ``epoch``, ``num_replicas``, ``start_at(epoch, n)`` and ``pending_start()``."""
+
+    unit = "samples"
+
+    def _order(self):
+        raise NotImplementedError
+
+    def _step(self) -> int:
+        """What one batch adds to the count."""
+        raise NotImplementedError
+
+    def _reset_position(self) -> None:
+        self._position = {"epoch": self._order().epoch, self.unit: self._order().pending_start()}
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: the order's resume offset is read at the first batch, not when ``iter()`` is
+        # called, so a state loaded after the iterator was created (Lightning builds the train loader
+        # early to estimate the number of steps) still takes effect.
+        self._reset_position()
+        position, step = self._position, self._step()
+        for batch in super().__iter__():  # type: ignore[misc]
+            position[self.unit] += step
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self._position["epoch"]), self.unit: int(self._position[self.unit]),
+                "num_replicas": int(self._order().num_replicas)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        order = self._order()
+        if state.get("num_replicas", order.num_replicas) != order.num_replicas:
+            log.warning("the checkpoint's data position was saved with %s processes, this run has %s: the "
+                        "interrupted epoch cannot be continued in the same order, its remaining steps take "
+                        "batches from the start of a fresh pass", state.get("num_replicas"), order.num_replicas)
+            return
+        if state.get("epoch") != order.epoch:  # e.g. checkpoint taken on the epoch's last batch
+            return
+        order.start_at(state["epoch"], state.get(self.unit, 0))
+        self._reset_position()
+
+
+class ResumableDataLoader(_CheckpointedPosition, DataLoader):
     """A ``DataLoader`` over a :class:`ResumableSampler` whose in-epoch position is checkpointed.
 
     Same constructor as ``DataLoader`` (so Lightning can re-instantiate it); ``sampler`` must be a
@@ -89,32 +134,11 @@ class ResumableDataLoader(DataLoader):
             raise TypeError("ResumableDataLoader needs an int batch_size (no custom batch_sampler)")
         self._position = {"epoch": self.sampler.epoch, "samples": 0}
 
-    def __iter__(self) -> Iterator[Any]:
-        # A generator: the sampler's resume offset is read at the first batch, not when ``iter()`` is
-        # called, so a state loaded after the iterator was created (Lightning builds the train loader
-        # early to estimate the number of steps) still takes effect.
-        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
-        position = {"epoch": sampler.epoch, "samples": sampler.pending_start()}
-        self._position = position
-        for batch in super().__iter__():
-            position["samples"] += self.batch_size
-            yield batch
+    def _order(self) -> ResumableSampler:
+        return self.sampler  # type: ignore[return-value]
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self._position["epoch"]), "samples": int(self._position["samples"]),
-                "num_replicas": int(self.sampler.num_replicas)}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
-        if state.get("num_replicas", sampler.num_replicas) != sampler.num_replicas:
-            log.warning("the checkpoint's data position was saved with %s processes, this run has %s: the "
-                        "interrupted epoch cannot be continued in the same order, its remaining steps take "
-                        "batches from the start of a fresh pass", state.get("num_replicas"), sampler.num_replicas)
-            return
-        if state.get("epoch") != sampler.epoch:  # e.g. checkpoint taken on the epoch's last batch
-            return
-        sampler.start_at(state["epoch"], state["samples"])
-        self._position = {"epoch": sampler.epoch, "samples": sampler.pending_start()}
+    def _step(self) -> int:
+        return int(self.batch_size)
 
 
 def resumable_train_loader(dataset: Dataset, *, batch_size: int, seed: int, epoch: int, num_replicas: int = 1,
@@ -196,9 +220,11 @@ class CollectionBatchSampler(Sampler[list[int]]):
         return iter([items[lo:hi] for _, items in self.global_batches()[start:]])
 
 
-class CollectionDataLoader(DataLoader):
+class CollectionDataLoader(_CheckpointedPosition, DataLoader):
     """A ``DataLoader`` over a :class:`CollectionBatchSampler` whose in-epoch position (in batches) is
     checkpointed, as :class:`ResumableDataLoader` does for one collection."""
+
+    unit = "batches"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -206,23 +232,8 @@ class CollectionDataLoader(DataLoader):
             raise TypeError("CollectionDataLoader needs a CollectionBatchSampler as batch_sampler")
         self._position = {"epoch": self.batch_sampler.epoch, "batches": 0}
 
-    def __iter__(self) -> Iterator[Any]:
-        sampler: CollectionBatchSampler = self.batch_sampler  # type: ignore[assignment]
-        position = {"epoch": sampler.epoch, "batches": sampler.pending_start()}
-        self._position = position
-        for batch in super().__iter__():
-            position["batches"] += 1
-            yield batch
+    def _order(self) -> CollectionBatchSampler:
+        return self.batch_sampler  # type: ignore[return-value]
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self._position["epoch"]), "batches": int(self._position["batches"]),
-                "num_replicas": int(self.batch_sampler.num_replicas)}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        sampler: CollectionBatchSampler = self.batch_sampler  # type: ignore[assignment]
-        if state.get("num_replicas", sampler.num_replicas) != sampler.num_replicas or state.get("epoch") != sampler.epoch:
-            log.warning("the checkpoint's data position does not match this run (processes or epoch); the "
-                        "interrupted epoch restarts from a fresh pass")
-            return
-        sampler.start_at(state["epoch"], state.get("batches", 0))
-        self._position = {"epoch": sampler.epoch, "batches": sampler.pending_start()}
+    def _step(self) -> int:
+        return 1

@@ -231,4 +231,14 @@ def test_training_on_two_collections_mixes_whole_batches(shared_data, tmp_path):
         seen["scifact" if ids <= scifact else "wikiqa"] += len(batch)
     assert seen == {"scifact": 24, "wikiqa": 8}  # weight 0.5: half of WikiQA's queries per epoch
     assert loader.state_dict()["batches"] == len(loader) == 6 + 2
+    # resume mid-epoch: a fresh loader given the state after 3 batches hands out exactly the remaining ones
+    order = [[item["query_id"] for item in batch] for batch in dm.train_dataloader()]
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    state = loader.state_dict()
+    assert state == {"epoch": 0, "batches": 3, "num_replicas": 1}
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict(state)
+    assert [[item["query_id"] for item in batch] for batch in resumed] == order[3:]
     assert dm.hparams["extra_train"][0]["weight"] == 0.5

@@ -44,7 +44,7 @@ def _splits(ir_datasets: Any, ident: str) -> dict[str, str]:
     registry = ir_datasets.registry
     if ident not in registry:
         raise UnknownDatasetError(f"irds:{ident}", None, None, "not an ir_datasets id (e.g. irds:beir/scifact, "
-                                  f"irds:msmarco-passage/train/judged; `ir_datasets list` shows them all)")
+                                  "irds:msmarco-passage/train/judged; `ir_datasets list` shows them all)")
     root = ir_datasets.load(ident)
     if root.has_qrels():
         return {ident.rsplit("/", 1)[-1]: ident}
@@ -89,7 +89,7 @@ def _generate(ident: str, what: str, split_ids: str) -> Iterator[dict[str, str]]
                     yield from ir_datasets.load(sid).queries_iter()
 
             yield from _texts(all_queries(), source, lambda q: getattr(q, "text", None) or q.default_text())
-    except (OSError, ConnectionError) as err:
+    except OSError as err:  # a file not there (requests' ConnectionError is an OSError too)
         raise _fetch_error(ident, what, err) from None
 
 
@@ -103,13 +103,10 @@ def _table(ident: str, what: str, split_ids: list[str], version: str, cache_dir:
             fingerprint=signature_hash("irds", PARSER_VERSION, version, ident, what, *split_ids),
         )
     except datasets.exceptions.DatasetGenerationError as err:
-        cause = unwrap_generation_error(err)
-        if isinstance(cause, (DataFormatError, UnknownDatasetError)):
-            raise cause from None
-        inner = err.__cause__ or err.__context__
-        if isinstance(inner, UnknownDatasetError):
-            raise inner from None
-        raise
+        cause = unwrap_generation_error(err)  # our DataFormatError / UnknownDatasetError, if that was it
+        if cause is err:
+            raise
+        raise cause from None
 
 
 def load_irds_data(dataset: str, *, cache_dir: str | Path | None = None) -> RetrievalData:
@@ -139,7 +136,7 @@ def load_irds_data(dataset: str, *, cache_dir: str | Path | None = None) -> Retr
                 for sd in ds.scoreddocs_iter():
                     run.setdefault(str(sd.query_id), {})[str(sd.doc_id)] = float(sd.score)
                 candidates[name] = run
-        except (OSError, ConnectionError) as err:
+        except OSError as err:
             raise _fetch_error(sid, "qrels", err) from None
     data = RetrievalData(corpus=corpus, queries=queries, qrels=qrels, candidates=candidates, source=dataset,
                          layout="irds", source_fingerprint=signature_hash("irds", PARSER_VERSION, version, ident, *split_ids))
