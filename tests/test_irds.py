@@ -135,3 +135,38 @@ def test_a_query_id_with_two_texts_across_splits_is_an_error(tmp_path):
     (tmp_path / "src" / "test.qrels").write_text("q1 0 d0 1\n")
     with pytest.raises(Exception, match=rf"irds:{ident} \(queries\):3: field 'text': id 'q1' has another text on record 1"):
         load_retrieval_data(f"irds:{ident}", cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("kind", ["hard_negatives.jsonl.gz", "rank_distillm.parquet"])
+def test_published_negatives_and_parquet_scores_through_the_cli(tmp_path, kind):
+    """sentence-transformers' hard negatives (as the negatives) and a parquet run with scores (as the negatives
+    and the teacher scores) in `fit`, from the command line."""
+    import gzip
+    import json
+
+    from rankers.cli import main
+
+    ident = _register(tmp_path / "src")
+    path = tmp_path / kind
+    extra: list[str] = []
+    if kind.endswith(".jsonl.gz"):
+        records = [{"qid": "q1", "pos": ["d1"], "neg": {"bm25": ["d3", "d4"], "ce": ["d6"]}},
+                   {"qid": "q2", "pos": ["d2"], "neg": {"bm25": ["d6", "d7"]}}]
+        path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in records).encode()))
+        config = "de_baseline.yaml"
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = [("q1", "d1", 6.5), ("q1", "d3", 1.0), ("q1", "d4", -0.5), ("q2", "d2", 5.0), ("q2", "d5", 4.5),
+                ("q2", "d6", 2.0), ("q2", "d7", 0.5)]
+        pq.write_table(pa.table({"query_id": [r[0] for r in rows], "doc_id": [r[1] for r in rows],
+                                 "score": [r[2] for r in rows]}), path)
+        config, extra = "de_distill.yaml", ["--data.teacher_scores", str(path)]
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    main(["fit", "--config", str(configs / config), "--config", str(configs / "overlays" / "cpu_smoke.yaml"),
+          "--data.dataset", f"irds:{ident}", "--data.val_split", "test", "--data.negatives", "run",
+          "--data.negatives_run", str(path), *extra, "--data.negative_window", "[0, 10]", "--data.eval_depth", "5",
+          "--data.cache_dir", str(tmp_path / "cache"), "--trainer.accelerator", "cpu",
+          "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
