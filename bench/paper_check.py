@@ -3,15 +3,15 @@
 For each dataset of ``--datasets`` this runs, as a subprocess (output shown and kept in
 ``OUT/DATASET/reproduce.log``)::
 
-    python -m rankers reproduce --output-dir OUT/DATASET --dataset DATA_ROOT/DATASET \\
-        --val-split V --test-split T --teacher-backbone minilm --student-backbone minilm \\
-        --max-train-queries N --max-eval-queries M --teacher-epochs E --student-epochs E' --seed S [ARGS after --]
+    python -m rankers reproduce --output_dir OUT/DATASET --dataset DATA_ROOT/DATASET \\
+        --val_split V --test_split T --teacher_backbone minilm --student_backbone minilm \\
+        --max_train_queries N --max_eval_queries M --teacher_epochs E --student_epochs E' --seed S [ARGS after --]
 
 with the splits each collection has:
 
-* ``wikiqa``: ``--val-split dev --test-split test``; WikiQA ships official candidate runs
+* ``wikiqa``: ``--val_split dev --test_split test``; WikiQA ships official candidate runs
   (``candidates_{split}.run``), which the DataModule re-ranks instead of BM25 candidates;
-* ``scifact``: ``--val-split test --test-split test`` (SciFact has only train and test qrels, so
+* ``scifact``: ``--val_split test --test_split test`` (SciFact has only train and test qrels, so
   checkpoint selection sees the test queries: a sanity check, not a clean estimate).
 
 Then it collects each dataset's ``paper_table.md`` into ``OUT/paper_check.md`` with the dataset, the
@@ -22,7 +22,7 @@ directories that already have a ``paper_table.md``.
 
     python bench/paper_check.py                                       # wikiqa + scifact, CPU defaults
     python bench/paper_check.py --datasets scifact --max-train-queries 500 --teacher-epochs 3
-    python bench/paper_check.py --dry-run -- --losses m3se,margin_mse --eval-depth 30
+    python bench/paper_check.py --dry-run -- --losses m3se,margin_mse --eval_depth 30
     python bench/paper_check.py --max-train-queries 0 --max-eval-queries 0 -- --accelerator gpu --precision bf16-mixed
 """
 from __future__ import annotations
@@ -43,9 +43,9 @@ DATASETS: dict[str, tuple[str, str]] = {
 }
 DEFAULT_DATA_ROOT = C.ROOT.parent / "shared" / "data"
 # reproduce flags this script sets itself: not allowed after --
-OWN_FLAGS = ("--output-dir", "--output_dir", "--dataset", "--val-split", "--test-split", "--teacher-backbone",
-             "--student-backbone", "--max-train-queries", "--max-eval-queries", "--teacher-epochs",
-             "--student-epochs", "--seed")
+OWN_FLAGS = ("--output_dir", "--dataset", "--val_split", "--test_split", "--teacher_backbone",
+             "--student_backbone", "--max_train_queries", "--max_eval_queries", "--teacher_epochs",
+             "--student_epochs", "--seed")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -57,12 +57,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                    help="directory holding the datasets (default: ../shared/data beside the checkout)")
     p.add_argument("--output-dir", default="runs/paper_check",
                    help="OUT: dataset D goes to OUT/D; the collected tables to OUT/paper_check.md")
-    p.add_argument("--teacher-backbone", default="minilm", help="reproduce --teacher-backbone")
-    p.add_argument("--student-backbone", default="minilm", help="reproduce --student-backbone")
-    p.add_argument("--max-train-queries", type=int, default=256, help="reproduce --max-train-queries (0: all)")
-    p.add_argument("--max-eval-queries", type=int, default=100, help="reproduce --max-eval-queries (0: all)")
-    p.add_argument("--teacher-epochs", type=int, default=3, help="reproduce --teacher-epochs (its default)")
-    p.add_argument("--student-epochs", type=int, default=1, help="reproduce --student-epochs (its default)")
+    p.add_argument("--teacher-backbone", default="minilm", help="reproduce --teacher_backbone")
+    p.add_argument("--student-backbone", default="minilm", help="reproduce --student_backbone")
+    p.add_argument("--max-train-queries", type=int, default=256, help="reproduce --max_train_queries (0: all)")
+    p.add_argument("--max-eval-queries", type=int, default=100, help="reproduce --max_eval_queries (0: all)")
+    p.add_argument("--teacher-epochs", type=int, default=3, help="reproduce --teacher_epochs (its default)")
+    p.add_argument("--student-epochs", type=int, default=1, help="reproduce --student_epochs (its default)")
     p.add_argument("--seed", type=int, default=0, help="reproduce --seed")
     p.add_argument("--skip-existing", action="store_true",
                    help="reuse dataset directories that already have paper_table.md")
@@ -79,11 +79,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 def dataset_command(args: argparse.Namespace, name: str, extra: list[str]) -> list[str]:
     """The reproduce command of one dataset (limits of 0 are left out: all queries)."""
     val, test = DATASETS[name]
-    flags = ["--dataset", str(Path(args.data_root) / name), "--val-split", val, "--test-split", test,
-             "--teacher-backbone", args.teacher_backbone, "--student-backbone", args.student_backbone]
+    flags = ["--dataset", str(Path(args.data_root) / name), "--val_split", val, "--test_split", test,
+             "--teacher_backbone", args.teacher_backbone, "--student_backbone", args.student_backbone]
     # always passed: reproduce reads 0 as "all queries" (its own defaults are 400 / 200)
-    flags += ["--max-train-queries", str(args.max_train_queries), "--max-eval-queries", str(args.max_eval_queries)]
-    flags += ["--teacher-epochs", str(args.teacher_epochs), "--student-epochs", str(args.student_epochs)]
+    flags += ["--max_train_queries", str(args.max_train_queries), "--max_eval_queries", str(args.max_eval_queries)]
+    flags += ["--teacher_epochs", str(args.teacher_epochs), "--student_epochs", str(args.student_epochs)]
     return reproduce_command(Path(args.output_dir) / name, [*flags, *extra], seed=args.seed)
 
 

@@ -2,7 +2,7 @@
 
 For each seed S of ``--seeds`` (default 0,1,2) this runs, as a subprocess::
 
-    python -m rankers reproduce --output-dir OUT/seedS --seed S [ARGS after --]
+    python -m rankers reproduce --output_dir OUT/seedS --seed S [ARGS after --]
 
 (its output is shown and kept in ``OUT/seedS/reproduce.log``), reads ``OUT/seedS/paper_table.json``
 (written by ``rankers.commands.reproduce.run``: ``{"rows": [{"model", "eval", "mrr@10", "ndcg@10",
@@ -17,7 +17,7 @@ interrupted sweep resumes, and a finished one re-aggregates without training).
 
     python bench/paper_seeds.py                                     # embedded data, seeds 0,1,2
     python bench/paper_seeds.py --skip-existing                     # resume / re-aggregate
-    python bench/paper_seeds.py --seeds 0,1,2,3,4 --output-dir runs/seeds5 -- --embedded-scale 2 --losses m3se,kl
+    python bench/paper_seeds.py --seeds 0,1,2,3,4 --output-dir runs/seeds5 -- --embedded_scale 2 --losses m3se,kl
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import _common as C
 
 METRICS = ("mrr@10", "ndcg@10")
 # reproduce flags this script sets itself (per seed): not allowed after --
-OWN_FLAGS = ("--output-dir", "--output_dir", "--seed")
+OWN_FLAGS = ("--output_dir", "--seed")
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -80,8 +80,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 # ----------------------------------------------------------------------------- running reproduce
 def reproduce_command(output_dir: str | Path, extra: Sequence[str] = (), seed: int | None = None) -> list[str]:
-    """``python -m rankers reproduce --output-dir DIR [--seed S] EXTRA`` with this interpreter."""
-    cmd = [sys.executable, "-m", "rankers", "reproduce", "--output-dir", str(output_dir)]
+    """``python -m rankers reproduce --output_dir DIR [--seed S] EXTRA`` with this interpreter."""
+    cmd = [sys.executable, "-m", "rankers", "reproduce", "--output_dir", str(output_dir)]
     if seed is not None:
         cmd += ["--seed", str(seed)]
     return cmd + list(extra)

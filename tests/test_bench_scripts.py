@@ -95,24 +95,24 @@ def test_seed_command_and_extra_args():
     ours, extra = paper_seeds.split_extra(["--seeds", "1", "--", "--losses", "kl"])
     assert ours == ["--seeds", "1"] and extra == ["--losses", "kl"]
     cmd = paper_seeds.reproduce_command("OUT/seed1", extra, seed=1)
-    assert cmd[1:] == ["-m", "rankers", "reproduce", "--output-dir", "OUT/seed1", "--seed", "1", "--losses", "kl"]
+    assert cmd[1:] == ["-m", "rankers", "reproduce", "--output_dir", "OUT/seed1", "--seed", "1", "--losses", "kl"]
     with pytest.raises(SystemExit, match="--seed"):
         paper_seeds.parse_args(["--", "--seed", "3"])
 
 
 def test_paper_check_commands(capsys):
-    args, extra = paper_check.parse_args(["--output-dir", "OUT", "--data-root", "DATA", "--", "--eval-depth", "30"])
+    args, extra = paper_check.parse_args(["--output-dir", "OUT", "--data-root", "DATA", "--", "--eval_depth", "30"])
     wikiqa = paper_check.dataset_command(args, "wikiqa", extra)
-    assert wikiqa[3:] == ["reproduce", "--output-dir", str(Path("OUT") / "wikiqa"), "--seed", "0",
-                          "--dataset", str(Path("DATA") / "wikiqa"), "--val-split", "dev", "--test-split", "test",
-                          "--teacher-backbone", "minilm", "--student-backbone", "minilm",
-                          "--max-train-queries", "256", "--max-eval-queries", "100",
-                          "--teacher-epochs", "3", "--student-epochs", "1", "--eval-depth", "30"]
+    assert wikiqa[3:] == ["reproduce", "--output_dir", str(Path("OUT") / "wikiqa"), "--seed", "0",
+                          "--dataset", str(Path("DATA") / "wikiqa"), "--val_split", "dev", "--test_split", "test",
+                          "--teacher_backbone", "minilm", "--student_backbone", "minilm",
+                          "--max_train_queries", "256", "--max_eval_queries", "100",
+                          "--teacher_epochs", "3", "--student_epochs", "1", "--eval_depth", "30"]
     scifact = paper_check.dataset_command(args, "scifact", extra)
-    assert scifact[scifact.index("--val-split") + 1] == "test" and scifact[scifact.index("--test-split") + 1] == "test"
+    assert scifact[scifact.index("--val_split") + 1] == "test" and scifact[scifact.index("--test_split") + 1] == "test"
     args, extra = paper_check.parse_args(["--max-train-queries", "0", "--datasets", "scifact"])
     command = paper_check.dataset_command(args, "scifact", extra)
-    assert command[command.index("--max-train-queries") + 1] == "0"  # reproduce: 0 = all queries
+    assert command[command.index("--max_train_queries") + 1] == "0"  # reproduce: 0 = all queries
     with pytest.raises(SystemExit):
         paper_check.parse_args(["--datasets", "msmarco"])
     with pytest.raises(SystemExit, match="--dataset"):

@@ -96,8 +96,8 @@ def test_command_writes_table_json_and_plot(tmp_path, capsys):
     run, _ = _rank_k_run(q=20, p=30, k=3, observed=20)
     path = tmp_path / "teacher_scores.trec"
     write_run(run, path, tag="teacher")
-    rows = main(["--teacher-scores", str(path), "--dims", "4,2", "--method", "svd,gradient", "--steps", "100",
-                 "--max-queries", "15"])
+    rows = main(["--teacher_scores", str(path), "--dims", "4,2", "--method", "svd,gradient", "--steps", "100",
+                 "--max_queries", "15"])
     out = tmp_path / "capacity"
     report = json.loads((out / "capacity.json").read_text())
     assert report["num_queries"] == 15 and report["labels"] == "teacher top-1" and report["dims"] == [2, 4]
@@ -114,18 +114,18 @@ def test_bad_input_is_a_clear_error(tmp_path):
     import argparse
 
     with pytest.raises(argparse.ArgumentError, match="expected comma-separated positive integers, got '8,zero'"):
-        main(["--teacher-scores", "x.trec", "--dims", "8,zero"])
+        main(["--teacher_scores", "x.trec", "--dims", "8,zero"])
     with pytest.raises(argparse.ArgumentError, match="pca"):
-        main(["--teacher-scores", "x.trec", "--method", "pca"])
+        main(["--teacher_scores", "x.trec", "--method", "pca"])
     with pytest.raises(FileNotFoundError, match="rankers predict"):
-        main(["--teacher-scores", str(tmp_path / "missing.trec")])
+        main(["--teacher_scores", str(tmp_path / "missing.trec")])
     bad = tmp_path / "bad.trec"
     bad.write_text("q1 Q0 p1 1 0.5 t\nq1 Q0 p2 2 high t\n")
     with pytest.raises(ValueError, match=r"bad\.trec.*2.*score"):
-        main(["--teacher-scores", str(bad)])
+        main(["--teacher_scores", str(bad)])
     with pytest.raises(ValueError, match="dims must be positive"):
         capacity_probe({"q": {"a": 1.0, "b": 0.0}}, [0])
     with pytest.raises(ValueError, match="svd-iters"):
-        main(["--teacher-scores", str(bad), "--svd-iters", "0"])
+        main(["--teacher_scores", str(bad), "--svd_iters", "0"])
     with pytest.raises(ValueError, match="unknown method"):
         capacity_probe({"q": {"a": 1.0, "b": 0.0}}, [1], methods=["pca"])

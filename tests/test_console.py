@@ -93,8 +93,11 @@ def test_config_errors_are_the_classes_own_message_on_one_line(argv, says, tmp_p
 def test_pipeline_command_parse_error_is_one_line(tmp_path):
     line = _one_error_line(_rankers("reproduce", "--capacity_dims", "4,x"), 2)
     assert "expected comma-separated positive integers" in line
-    line = _one_error_line(_rankers("capacity", "--teacher-scores", str(tmp_path / "none.trec")), 2)
+    line = _one_error_line(_rankers("capacity", "--teacher_scores", str(tmp_path / "none.trec")), 2)
     assert "none.trec" in line
+    # one flag style: underscores, as LightningCLI's --ckpt_path; the dashed spelling is not a second name
+    line = _one_error_line(_rankers("reproduce", "--output-dir", str(tmp_path / "out")), 2)
+    assert "--output-dir" in line, line
 
 
 def test_training_failures_exit_1_and_bugs_keep_their_traceback():

@@ -102,11 +102,11 @@ def test_reproduce_on_an_irds_id(tmp_path):
     from rankers.cli import main
 
     ident = _register(tmp_path / "src")
-    payload = main(["reproduce", "--output-dir", str(tmp_path / "out"), "--dataset", f"irds:{ident}",
-                    "--val-split", "test", "--teacher-backbone", "tiny", "--student-backbone", "tiny",
-                    "--teacher-epochs", "1", "--student-epochs", "1", "--losses", "kl", "--capacity-dims", "",
-                    "--negative-window", "0,10", "--eval-depth", "5", "--train-subset", "2", "--similarity", "dot",
-                    "--temperature", "1", "--max-train-queries", "0", "--accelerator", "cpu", "--precision", "32-true"])
+    payload = main(["reproduce", "--output_dir", str(tmp_path / "out"), "--dataset", f"irds:{ident}",
+                    "--val_split", "test", "--teacher_backbone", "tiny", "--student_backbone", "tiny",
+                    "--teacher_epochs", "1", "--student_epochs", "1", "--losses", "kl", "--capacity_dims", "",
+                    "--negative_window", "0,10", "--eval_depth", "5", "--train_subset", "2", "--similarity", "dot",
+                    "--temperature", "1", "--max_train_queries", "0", "--accelerator", "cpu", "--precision", "32-true"])
     models = {row["model"] for row in payload["rows"]}
     assert {"BM25 candidates", "CA teacher", "DE labels", "DE kl"} <= models
     assert f"Dataset: irds:{ident}" in (tmp_path / "out" / "paper_table.md").read_text()

@@ -8,9 +8,9 @@ import pytest
 from rankers.commands.reproduce import gap_closed, make_table
 
 # the tiny random BERT for both models (training in tests stays tiny), at the rates it learns with
-TINY = ["--teacher-backbone", "tiny", "--student-backbone", "tiny", "--student-num-layers", "0",
-        "--teacher-lr", "1e-3", "--teacher-head-lr", "1e-3", "--student-lr", "5e-4", "--similarity", "dot",
-        "--temperature", "1", "--max-train-queries", "0"]
+TINY = ["--teacher_backbone", "tiny", "--student_backbone", "tiny", "--student_num_layers", "0",
+        "--teacher_lr", "1e-3", "--teacher_head_lr", "1e-3", "--student_lr", "5e-4", "--similarity", "dot",
+        "--temperature", "1", "--max_train_queries", "0"]
 
 
 def test_gap_closed_formula():
@@ -78,9 +78,9 @@ def test_reproduce_tiny(tmp_path):
     from rankers.cli import main
 
     out = tmp_path / "demo"
-    payload = main(["reproduce", "--output-dir", str(out), "--embedded-scale", "0.05", "--teacher-epochs", "1",
-                    "--student-epochs", "1", "--losses", "m3se,kl", "--max-eval-queries", "10", "--train-subset", "10",
-                    "--eval-depth", "20", "--negative-window", "0,20", "--capacity-dims", "2,4", "--accelerator", "cpu",
+    payload = main(["reproduce", "--output_dir", str(out), "--embedded_scale", "0.05", "--teacher_epochs", "1",
+                    "--student_epochs", "1", "--losses", "m3se,kl", "--max_eval_queries", "10", "--train_subset", "10",
+                    "--eval_depth", "20", "--negative_window", "0,20", "--capacity_dims", "2,4", "--accelerator", "cpu",
                     *TINY])
     saved = json.loads((out / "paper_table.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(payload["rows"]))
@@ -114,36 +114,36 @@ def test_reproduce_tiny(tmp_path):
 
 
 def test_reproduce_reuses_a_teacher_checkpoint(tmp_path):
-    """--teacher-checkpoint skips teacher training: the CA row is that checkpoint's test result."""
+    """--teacher_checkpoint skips teacher training: the CA row is that checkpoint's test result."""
     from rankers.cli import main
 
-    common = ["--embedded-scale", "0.05", "--student-epochs", "1", "--losses", "m3se", "--max-eval-queries", "10",
-              "--train-subset", "10", "--eval-depth", "20", "--negative-window", "0,20", "--capacity-dims", "",
+    common = ["--embedded_scale", "0.05", "--student_epochs", "1", "--losses", "m3se", "--max_eval_queries", "10",
+              "--train_subset", "10", "--eval_depth", "20", "--negative_window", "0,20", "--capacity_dims", "",
               "--accelerator", "cpu", "--precision", "32-true", *TINY]
-    first = main(["reproduce", "--output-dir", str(tmp_path / "a"), "--teacher-epochs", "1", *common])
+    first = main(["reproduce", "--output_dir", str(tmp_path / "a"), "--teacher_epochs", "1", *common])
     ckpt = tmp_path / "a" / "ca_teacher" / "checkpoints" / "best.ckpt"
-    second = main(["reproduce", "--output-dir", str(tmp_path / "b"), "--teacher-checkpoint", str(ckpt), *common])
+    second = main(["reproduce", "--output_dir", str(tmp_path / "b"), "--teacher_checkpoint", str(ckpt), *common])
     row = lambda payload: next(r for r in payload["rows"] if r["model"] == "CA teacher")  # noqa: E731
     assert row(second) == row(first)
     assert second["fit_seconds"]["CA teacher"] == 0.0
     assert not (tmp_path / "b" / "ca_teacher" / "checkpoints").exists()
     assert "not retrained" in (tmp_path / "b" / "paper_table.md").read_text()
     with pytest.raises(FileNotFoundError, match="--teacher_checkpoint .*missing.ckpt: no such file"):
-        main(["reproduce", "--output-dir", str(tmp_path / "c"), "--teacher-checkpoint", str(tmp_path / "missing.ckpt"),
+        main(["reproduce", "--output_dir", str(tmp_path / "c"), "--teacher_checkpoint", str(tmp_path / "missing.ckpt"),
               *common])
 
 
 def test_bad_capacity_dims_fail_before_any_training(capsys):
-    """--capacity-dims is checked when the arguments are parsed, not after the teacher has trained."""
+    """--capacity_dims is checked when the arguments are parsed, not after the teacher has trained."""
     from rankers.commands.reproduce import build_parser
 
-    assert build_parser().parse_args(["--capacity-dims", "16,4,16"]).capacity_dims == [4, 16]
-    assert build_parser().parse_args(["--capacity-dims", ""]).capacity_dims == []
+    assert build_parser().parse_args(["--capacity_dims", "16,4,16"]).capacity_dims == [4, 16]
+    assert build_parser().parse_args(["--capacity_dims", ""]).capacity_dims == []
     import argparse
 
     for bad in ("4,x", "0,8"):  # raised for the CLI to print as one `rankers: error:` line (tests/test_console.py)
         with pytest.raises(argparse.ArgumentError, match="expected comma-separated positive integers"):
-            build_parser().parse_args(["--capacity-dims", bad])
+            build_parser().parse_args(["--capacity_dims", bad])
 
 
 def test_reproduce_with_cross_fitted_teachers(tmp_path):
@@ -155,9 +155,9 @@ def test_reproduce_with_cross_fitted_teachers(tmp_path):
     from rankers.evaluation.metrics import evaluate_run
 
     out = tmp_path / "cf"
-    payload = main(["reproduce", "--output-dir", str(out), "--embedded-scale", "0.05", "--teacher-epochs", "1",
-                    "--student-epochs", "1", "--losses", "kl", "--max-eval-queries", "10", "--train-subset", "10",
-                    "--eval-depth", "20", "--negative-window", "0,20", "--capacity-dims", "", "--teacher-folds", "2",
+    payload = main(["reproduce", "--output_dir", str(out), "--embedded_scale", "0.05", "--teacher_epochs", "1",
+                    "--student_epochs", "1", "--losses", "kl", "--max_eval_queries", "10", "--train_subset", "10",
+                    "--eval_depth", "20", "--negative_window", "0,20", "--capacity_dims", "", "--teacher_folds", "2",
                     "--accelerator", "cpu", "--precision", "32-true", *TINY])
     folds = [read_run(out / f"ca_teacher_fold{k}" / "teacher_scores.trec") for k in range(2)]
     merged = read_run(out / "ca_teacher" / "teacher_scores.trec")
@@ -175,10 +175,10 @@ def test_reproduce_with_cross_fitted_teachers(tmp_path):
     assert ca["mrr@10"] == pytest.approx(float(evaluate_run(mean, qrels, ["mrr@10"])["mrr@10"]), abs=1e-4)
     assert "Cross-fitted teacher (2 folds)" in (out / "paper_table.md").read_text()
     with pytest.raises(ValueError, match="--teacher_folds trains one teacher per fold"):
-        main(["reproduce", "--output-dir", str(tmp_path / "x"), "--teacher-folds", "2", "--teacher-checkpoint",
+        main(["reproduce", "--output_dir", str(tmp_path / "x"), "--teacher_folds", "2", "--teacher_checkpoint",
               str(out / "ca_teacher_fold0" / "checkpoints" / "best.ckpt"), *TINY])
     with pytest.raises(ValueError, match="cannot be combined with --teacher_folds"):  # before any training
-        main(["reproduce", "--output-dir", str(tmp_path / "y"), "--teacher-folds", "2", "--refresh-every", "1", *TINY])
+        main(["reproduce", "--output_dir", str(tmp_path / "y"), "--teacher_folds", "2", "--refresh_every", "1", *TINY])
     assert not (tmp_path / "y" / "ca_teacher_fold0").exists()
 
 
@@ -188,10 +188,10 @@ def test_reproduce_distils_the_students_from_a_given_score_file(tmp_path):
     from datamodules.formats import read_run, write_run
     from rankers.cli import main
 
-    common = ["--embedded-scale", "0.05", "--student-epochs", "1", "--losses", "kl", "--max-eval-queries", "10",
-              "--train-subset", "10", "--eval-depth", "20", "--negative-window", "0,20", "--capacity-dims", "",
+    common = ["--embedded_scale", "0.05", "--student_epochs", "1", "--losses", "kl", "--max_eval_queries", "10",
+              "--train_subset", "10", "--eval_depth", "20", "--negative_window", "0,20", "--capacity_dims", "",
               "--accelerator", "cpu", "--precision", "32-true", *TINY]
-    first = main(["reproduce", "--output-dir", str(tmp_path / "a"), "--teacher-epochs", "1", *common])
+    first = main(["reproduce", "--output_dir", str(tmp_path / "a"), "--teacher_epochs", "1", *common])
     ckpt, scores = tmp_path / "a" / "ca_teacher" / "checkpoints" / "best.ckpt", tmp_path / "a" / "ca_teacher" / "teacher_scores.trec"
     import torch
 
@@ -200,17 +200,17 @@ def test_reproduce_distils_the_students_from_a_given_score_file(tmp_path):
                           weights_only=True)["state_dict"]
 
     kl = lambda payload: next(r for r in payload["rows"] if r["model"] == "DE kl" and r["eval"] == "re-rank")  # noqa: E731
-    same = main(["reproduce", "--output-dir", str(tmp_path / "b"), "--teacher-checkpoint", str(ckpt),
-                 "--teacher-scores", str(scores), *common])
+    same = main(["reproduce", "--output_dir", str(tmp_path / "b"), "--teacher_checkpoint", str(ckpt),
+                 "--teacher_scores", str(scores), *common])
     assert kl(same) == kl(first)
     a, b = kl_weights("a"), kl_weights("b")
     assert all(torch.equal(a[k], b[k]) for k in a)
     flat = tmp_path / "flat.trec"
     write_run({q: {p: 0.0 for p in ps} for q, ps in read_run(scores).items()}, flat)
-    main(["reproduce", "--output-dir", str(tmp_path / "c"), "--teacher-checkpoint", str(ckpt),
-          "--teacher-scores", str(flat), *common])
+    main(["reproduce", "--output_dir", str(tmp_path / "c"), "--teacher_checkpoint", str(ckpt),
+          "--teacher_scores", str(flat), *common])
     c = kl_weights("c")
     assert not all(torch.equal(a[k], c[k]) for k in a)  # other targets, other student
     assert "students distilled from" in (tmp_path / "c" / "paper_table.md").read_text()
     with pytest.raises(FileNotFoundError, match="--teacher_scores .*nowhere.trec: no such file"):
-        main(["reproduce", "--output-dir", str(tmp_path / "d"), "--teacher-scores", str(tmp_path / "nowhere.trec"), *common])
+        main(["reproduce", "--output_dir", str(tmp_path / "d"), "--teacher_scores", str(tmp_path / "nowhere.trec"), *common])

@@ -37,18 +37,18 @@ def build_parser():
     from rankers.commands.parsing import command_parser
 
     p = command_parser("capacity", probe.__doc__)
-    p.add_argument("--teacher_scores", "--teacher-scores", required=True,
+    p.add_argument("--teacher_scores", required=True,
                    help="TREC score file of the teacher (qid Q0 pid rank score tag)")
     p.add_argument("--dims", type=parse_dims, default=[8, 16, 32, 64], help="embedding sizes, e.g. 8,16,32,64")
     p.add_argument("--methods", "--method", type=_methods, default=list(METHODS),
                    help="svd, gradient or both (comma-separated)")
     p.add_argument("--qrels", default=None, help="qrels file for MRR@10 (default: the teacher's top-1 is relevant)")
-    p.add_argument("--output_dir", "--output-dir", default=None,
+    p.add_argument("--output_dir", default=None,
                    help="where capacity.{json,md,png} go (default: beside the score file, in capacity/)")
-    p.add_argument("--max_queries", "--max-queries", type=int, default=None, help="seeded sample of queries")
+    p.add_argument("--max_queries", type=int, default=None, help="seeded sample of queries")
     p.add_argument("--steps", type=int, default=300, help="Adam steps of the gradient fit")
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate of the gradient fit")
-    p.add_argument("--svd_iters", "--svd-iters", type=int, default=1,
+    p.add_argument("--svd_iters", type=int, default=1,
                    help="SVDs per k: 1 = zero (row-mean) fill of unscored entries; more = hard-impute refinement")
     p.add_argument("--seed", type=int, default=0)
     return p

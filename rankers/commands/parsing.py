@@ -2,7 +2,7 @@
 
 Every command (``reproduce``, ``capacity``, ``mine``, ``index``, ``search``, ``rerank``, ``export``)
 builds its parser here, so they share one flag style (``--output_dir``, as LightningCLI's
-``--ckpt_path`` / ``--data.max_train_queries``; the dashed spelling is kept as an alias), typed and
+``--ckpt_path`` / ``--data.max_train_queries``; no dashed spellings), typed and
 checked values, ``--help`` with defaults, parse errors raised (``rankers.cli.main`` prints them as one
 ``rankers: error:`` line), and ``--config FILE.yaml`` / ``--print_config``: a command's
 options can live in a YAML file like the training configs.

@@ -41,19 +41,19 @@ def build_parser():
     d = recipe_defaults()  # the recipe is the config files' (rankers/commands/recipe.py)
     p = command_parser("reproduce", __doc__)
     a = p.add_argument
-    a("--output_dir", "--output-dir", default="runs/demo", help="where checkpoints, runs and the table go")
+    a("--output_dir", default="runs/demo", help="where checkpoints, runs and the table go")
     a("--dataset", default="embedded", help="'embedded', a BEIR / MS MARCO directory, or an HF dataset name")
-    a("--embedded_scale", "--embedded-scale", type=float, default=1.0, help="size multiplier of the embedded default data")
-    a("--embedded_spurious_cue", "--embedded-spurious-cue", action="store_true",
+    a("--embedded_scale", type=float, default=1.0, help="size multiplier of the embedded default data")
+    a("--embedded_spurious_cue", action="store_true",
       help="plant the embedded default's train-only cue (shows overfitting; also derails the teacher)")
-    a("--embedded_label_noise", "--embedded-label-noise", type=float, default=0.0,
+    a("--embedded_label_noise", type=float, default=0.0,
       help="share of the embedded default's training queries judged on a one-word near miss (annotator slips)")
-    a("--teacher_backbone", "--teacher-backbone", default=d["teacher_backbone"],
+    a("--teacher_backbone", default=d["teacher_backbone"],
       help="CA backbone (configs/model/ca_teacher.yaml): 'minilm' (all-MiniLM-L6-v2, offline), 'tiny' (random "
            "2-layer BERT), hub name or local directory")
-    a("--student_backbone", "--student-backbone", default=d["student_backbone"],
+    a("--student_backbone", default=d["student_backbone"],
       help="DE backbone (configs/model/de_labels.yaml; same choices)")
-    a("--student_num_layers", "--student-num-layers", type=int, default=0,
+    a("--student_num_layers", type=int, default=0,
       help="the student keeps the first k layers of its backbone (the paper: 12-layer CA, 6-layer DE); 0 = all "
            "(a 3-layer MiniLM student stays below BM25 on the embedded default, see README)")
     a("--pooling", default=d["pooling"], choices=["cls", "mean"], help="DE pooling (configs/model/de_labels.yaml)")
@@ -63,67 +63,67 @@ def build_parser():
     a("--losses", default=d["losses"],
       help="comma-separated distillation losses: m3se,margin_mse,kl,softmax_ce,mse,rankdistil "
            "(default: configs/model/de_distill.yaml's)")
-    a("--label_weight", "--label-weight", type=float, default=d["label_weight"],
+    a("--label_weight", type=float, default=d["label_weight"],
       help="weight of the one-hot label loss mixed into distillation (configs/model/de_distill.yaml)")
-    a("--distillation_temperature", "--distillation-temperature", type=float, default=None,
+    a("--distillation_temperature", type=float, default=None,
       help="temperature T of the softmax losses (kl, softmax_ce): both score lists divided by T, loss times T² "
            "(Hinton et al. 2015); default: configs/model/de_distill.yaml's, else the class default")
-    a("--train_split", "--train-split", default="train")
-    a("--val_split", "--val-split", default="dev")
-    a("--test_split", "--test-split", default="test")
-    a("--teacher_checkpoint", "--teacher-checkpoint", default=None,
+    a("--train_split", default="train")
+    a("--val_split", default="dev")
+    a("--test_split", default="test")
+    a("--teacher_checkpoint", default=None,
       help="reuse this CA checkpoint (e.g. OUTPUT_DIR/ca_teacher/checkpoints/best.ckpt of an earlier run) instead "
            "of training the teacher: it is still tested and scores the training candidates")
-    a("--teacher_scores", "--teacher-scores", default=None,
+    a("--teacher_scores", default=None,
       help="distil the students from this teacher-score file (any format --data.teacher_scores reads: a TREC run, "
            "Hofstaetter et al.'s pair TSV, ...) instead of the trained teacher's; the CA row is still this run's teacher")
-    a("--teacher_folds", "--teacher-folds", type=int, default=1,
+    a("--teacher_folds", type=int, default=1,
       help="K >= 2: cross-fitted teacher scores -- K teachers, each trained on the training queries outside one "
            "fold, score only that fold, so no student target comes from a teacher that saw its judgment")
-    a("--teacher_epochs", "--teacher-epochs", type=int, default=d["teacher_epochs"],
+    a("--teacher_epochs", type=int, default=d["teacher_epochs"],
       help="(configs/ca_teacher.yaml trainer.max_epochs)")
-    a("--teacher_val_every", "--teacher-val-every", type=int, default=0,
+    a("--teacher_val_every", type=int, default=0,
       help="validate the teacher every N epochs (0: only after the last one, which is then its checkpoint)")
-    a("--student_epochs", "--student-epochs", type=int, default=d["student_epochs"],
+    a("--student_epochs", type=int, default=d["student_epochs"],
       help="(configs/de_distill.yaml trainer.max_epochs)")
-    a("--teacher_lr", "--teacher-lr", type=float, default=d["teacher_lr"], help="(configs/model/ca_teacher.yaml)")
-    a("--teacher_head_lr", "--teacher-head-lr", type=float, default=d["teacher_head_lr"],
+    a("--teacher_lr", type=float, default=d["teacher_lr"], help="(configs/model/ca_teacher.yaml)")
+    a("--teacher_head_lr", type=float, default=d["teacher_head_lr"],
       help="learning rate of the CA's fresh scoring head (configs/model/ca_teacher.yaml)")
-    a("--student_lr", "--student-lr", type=float, default=d["student_lr"], help="(configs/model/de_labels.yaml)")
-    a("--batch_size", "--batch-size", type=int, default=d["batch_size"],
+    a("--student_lr", type=float, default=d["student_lr"], help="(configs/model/de_labels.yaml)")
+    a("--batch_size", type=int, default=d["batch_size"],
       help="training queries per batch (configs/data/embedded.yaml)")
-    a("--num_negatives", "--num-negatives", type=int, default=d["num_negatives"],
+    a("--num_negatives", type=int, default=d["num_negatives"],
       help="hard negatives per training query and step for the students (configs/data/embedded.yaml; the teacher "
            "scores every one)")
-    a("--teacher_num_negatives", "--teacher-num-negatives", type=int, default=d["teacher_num_negatives"],
+    a("--teacher_num_negatives", type=int, default=d["teacher_num_negatives"],
       help="hard negatives per query and step for the teacher (configs/data/embedded_teacher.yaml)")
-    a("--max_length", "--max-length", type=int, default=d["max_length"],
+    a("--max_length", type=int, default=d["max_length"],
       help="CA pair length; DE passages use it too (configs/model/ca_teacher.yaml)")
-    a("--query_max_length", "--query-max-length", type=int, default=d["query_max_length"],
+    a("--query_max_length", type=int, default=d["query_max_length"],
       help="(configs/model/de_labels.yaml)")
-    a("--max_train_queries", "--max-train-queries", type=int, default=d["max_train_queries"],
+    a("--max_train_queries", type=int, default=d["max_train_queries"],
       help="training queries (0 = all; configs/data/embedded.yaml)")
-    a("--max_eval_queries", "--max-eval-queries", type=int, default=0,
+    a("--max_eval_queries", type=int, default=0,
       help="queries of each eval split (0 = all: the embedded default's 200 dev and 300 test queries; a sample "
            "of them adds which-queries noise of the size of the effects measured, see bench/RESULTS.md §4)")
-    a("--eval_depth", "--eval-depth", type=int, default=d["eval_depth"],
+    a("--eval_depth", type=int, default=d["eval_depth"],
       help="candidates per query to re-rank (configs/data/embedded.yaml)")
-    a("--negative_window", "--negative-window", default=d["negative_window"],
+    a("--negative_window", default=d["negative_window"],
       help="rank window lo,hi of the BM25 candidates negatives come from (configs/data/embedded.yaml)")
-    a("--train_subset", "--train-subset", type=int, default=d["train_subset"],
+    a("--train_subset", type=int, default=d["train_subset"],
       help="training queries evaluated each epoch (overfitting gap; configs/data/embedded.yaml)")
-    a("--refresh_every", "--refresh-every", type=int, default=0,
+    a("--refresh_every", type=int, default=0,
       help="students re-mine their negatives with themselves every N epochs (ANCE-style); 0 = BM25 negatives")
-    a("--denoise_margin", "--denoise-margin", type=float, default=None,
+    a("--denoise_margin", type=float, default=None,
       help="students drop mined negatives the teacher scores within this margin of the positive (RocketQA)")
-    a("--capacity_dims", "--capacity-dims", type=_capacity_dims, default="4,8,16,32,64",
+    a("--capacity_dims", type=_capacity_dims, default="4,8,16,32,64",
       help="embedding sizes for the capacity probe ('' to skip)")
     a("--accelerator", default="auto")
     a("--devices", default="1")
     a("--precision", default="auto",
       help="'auto': bf16-mixed where the GPU / CPU has native bf16 (on a CPU also measured >= 1.1x fp32 by "
            "rankers.precision's probe), else 32-true; or any Lightning precision")
-    a("--num_workers", "--num-workers", type=int, default=0)
+    a("--num_workers", type=int, default=0)
     a("--seed", type=int, default=d["seed"], help="(configs/de_distill.yaml seed_everything)")
     a("--wandb", action="store_true", help="log to W&B (offline when no key / network)")
     return p
