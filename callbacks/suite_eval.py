@@ -7,7 +7,7 @@ The model scores every (query, candidate) pair of the dataset's ``split`` under 
 dual encoder from one embedding per distinct query and passage, a CA pair by pair), and the callback logs ``suite/<name>/<metric>`` for each dataset and
 ``suite/mean/<metric>`` over them, writes one TREC run per dataset to ``<run dir>/runs/suite-<name>-<split>.trec``
 and the table to ``<run dir>/suite.md``. With ``full_retrieval`` a dual encoder also retrieves from each dataset's
-whole corpus (the one encode -> index -> search path, :func:`datamodules.negatives.dense_run`), logged as
+whole corpus (the one encode -> index -> search path, :func:`datamodules.mining.dense.dense_run`), logged as
 ``suite/<name>/retrieval/<metric>`` with its own run file and table. Every rank computes the same numbers (a suite is small; nothing is
 sharded), rank zero writes the files.
 """
@@ -180,7 +180,7 @@ class SuiteEvaluator(Callback):
     def _retrieve(self, trainer: pl.Trainer, pl_module: pl.LightningModule, base: Path) -> None:
         """Full retrieval from each dataset's corpus with the dual encoder; fills ``retrieval_results``."""
         from datamodules.formats import write_run
-        from datamodules.negatives import dense_run
+        from datamodules.mining.dense import dense_run
         from rankers.evaluation.metrics import evaluate_run
 
         for i, name in enumerate(self.names):

@@ -27,9 +27,19 @@ from typing import Any, Callable, Literal
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
+from datamodules import formats
 from datamodules.examples import ListwiseTrainDataset, PairDataset, TrainingQuery
+from datamodules.mining import dense as dense_mining
+from datamodules.mining.bm25 import bm25_run
+from datamodules.mining.cache import MinedNegatives, MiningSpec, NegativeCache, file_digest
+from datamodules.mining.pools import denoise, negative_pool
+from datamodules.sampler import CollectionBatchSampler, CollectionDataLoader, resumable_train_loader
+from rankers.devices import pick_device
+from rankers.embedded import dataset as embedded
+from rankers.evaluation.metrics import rank_passages
+from rankers.io.home import rankers_home
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +57,6 @@ def _state_digest(model) -> str:
     Tensors are hashed as raw bytes (``view(torch.uint8)``), which also covers dtypes numpy lacks
     (bfloat16, float8).
     """
-    import hashlib
-
     h = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -65,8 +73,6 @@ def _state_digest(model) -> str:
 
 def _top(run: dict[str, dict[str, float]], depth: int) -> dict[str, list[str]]:
     """Candidates of each query in rank order (the project's one convention), cut at ``depth``."""
-    from rankers.evaluation.metrics import rank_passages
-
     return {qid: rank_passages(c)[:depth] for qid, c in run.items()}
 
 
@@ -82,7 +88,6 @@ class TrainingCollection:
         train_split: its training split.
         max_train_queries: cap on its training queries (a seeded sample).
     """
-
     dataset: str
     weight: float = 1.0
     teacher_scores: str | None = None
@@ -165,7 +170,6 @@ class RankingDataModule(pl.LightningDataModule):
     callback, which holds the model being trained and the evaluation's index and calls
     :meth:`refresh_negatives`.
     """
-
     def __init__(
         self,
         dataset: str = EMBEDDED,
@@ -266,8 +270,6 @@ class RankingDataModule(pl.LightningDataModule):
         """The dataset argument resolved: the embedded default is generated (once) and becomes a directory."""
         if self.dataset != EMBEDDED:
             return self.dataset
-        from rankers.embedded import dataset as embedded
-
         params = inspect.signature(embedded.generate_embedded_dataset).parameters
         kwargs = {}
         for name in ("num_passages", "num_train_queries", "num_dev_queries", "num_test_queries"):
@@ -279,16 +281,12 @@ class RankingDataModule(pl.LightningDataModule):
     def cache_root(self) -> Path:
         if self.cache_dir:
             return Path(self.cache_dir)
-        from rankers.io.home import rankers_home
-
         return rankers_home() / "cache"
 
     def load(self):
         """Load (once) the collection as :class:`datamodules.formats.RetrievalData`."""
         if self.data is None:
-            from datamodules.formats import load_retrieval_data
-
-            self.data = load_retrieval_data(self.dataset_path(), cache_dir=self.cache_root() / "arrow")
+            self.data = formats.load_retrieval_data(self.dataset_path(), cache_dir=self.cache_root() / "arrow")
         return self.data
 
     def _check_split(self, split: str) -> None:
@@ -316,19 +314,14 @@ class RankingDataModule(pl.LightningDataModule):
 
     def _bm25(self, split: str, query_ids: list[str], depth: int) -> dict[str, dict[str, float]]:
         """BM25 top-``depth`` for the given queries of a split, from the cache that ``prepare_data`` fills."""
-        from datamodules.formats import read_run
-
         path = self._bm25_path(split, depth)
         if not path.exists():
             self._mine_bm25({split: depth})
-        run = read_run(path)
+        run = formats.read_run(path)
         return {q: run.get(q, {}) for q in query_ids}
 
     def _mine_bm25(self, wanted: dict[str, int]) -> None:
         """One BM25 index over the corpus, searched with every wanted split's queries; one cached run per split."""
-        from datamodules.formats import write_run
-        from datamodules.mining import bm25_run
-
         todo = {split: depth for split, depth in wanted.items() if not self._bm25_path(split, depth).exists()}
         if not todo:
             return
@@ -344,7 +337,7 @@ class RankingDataModule(pl.LightningDataModule):
             path = self._bm25_path(split, todo[split])
             path.parent.mkdir(parents=True, exist_ok=True)
             cut = _top({q: run.get(q, {}) for q in ids}, todo[split])
-            write_run({q: {p: run[q][p] for p in cut[q]} for q in ids if cut.get(q)}, path, tag="bm25")
+            formats.write_run({q: {p: run[q][p] for p in cut[q]} for q in ids if cut.get(q)}, path, tag="bm25")
 
     # --- Lightning hooks --------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -387,11 +380,9 @@ class RankingDataModule(pl.LightningDataModule):
             self.eval_sets["test"] = self._pair_set(self.test_split)
 
     def split_candidate_run(self, split: str, query_ids: list[str]) -> dict[str, dict[str, float]]:
-        from datamodules.formats import read_candidates
-
         source = self._eval_run_source(split)
         if source == "file":
-            run = read_candidates(self.eval_candidates)
+            run = formats.read_candidates(self.eval_candidates)
         elif source == "collection":
             run = self.load().candidates[split]
         else:
@@ -435,8 +426,6 @@ class RankingDataModule(pl.LightningDataModule):
 
     # --- negatives: mined once, cached with provenance ---------------------------------------------
     def mining_spec(self, query_ids: list[str]) -> "MiningSpec":
-        from datamodules.negatives import MiningSpec, file_digest
-
         teacher = self.mining_teacher or (self.teacher_scores_path if self._denoising() else None)
         return MiningSpec(
             miner=self.negatives, dataset_fingerprint=self.load().fingerprint(), split=self.train_split,
@@ -453,8 +442,6 @@ class RankingDataModule(pl.LightningDataModule):
         return self.denoise_threshold is not None or self.denoise_margin is not None
 
     def negative_cache(self):
-        from datamodules.negatives import NegativeCache
-
         return NegativeCache(self.cache_root() / "negatives")
 
     def _positives(self, query_ids: list[str]) -> dict[str, list[str]]:
@@ -463,30 +450,23 @@ class RankingDataModule(pl.LightningDataModule):
 
     def candidate_run(self, query_ids: list[str]) -> dict[str, dict[str, float]]:
         """The training queries' candidate lists from the configured miner (before window / filters)."""
-        from datamodules.formats import read_candidates
-
         if self.negatives == "run":
-            run = read_candidates(self.negatives_run)
+            run = formats.read_candidates(self.negatives_run)
             missing = [q for q in query_ids if q not in run]
             if missing:
                 raise ValueError(f"{self.negatives_run}: no candidates for training query '{missing[0]}' "
                                  f"({len(missing)} of {len(query_ids)} training queries missing)")
             return {q: run[q] for q in query_ids}
         if self.negatives == "dense":
-            from datamodules.negatives import dense_run
-
             miner = self.load_model(self.miner_checkpoint, "miner_checkpoint", expect="dual_encoder")
             rows = self.load().query_index()
             queries = self.load().queries.select([rows[q] for q in query_ids])
-            return dense_run(miner, self.load().corpus, queries, depth=self._mining_depth(),
-                             batch_size=self.eval_batch_size)
+            return dense_mining.dense_run(miner, self.load().corpus, queries, depth=self._mining_depth(),
+                                          batch_size=self.eval_batch_size)
         return self._bm25(self.train_split, query_ids, self._mining_depth())
 
     def _pools_from_run(self, run, query_ids, teacher_scores=None):
         """Window + positive exclusion, then (optionally) teacher scoring and denoising."""
-        from datamodules.mining import negative_pool
-        from datamodules.negatives import MinedNegatives, denoise
-
         qrels = self.load().qrels[self.train_split]
         pools = negative_pool(run, {q: qrels[q] for q in query_ids}, window=self.negative_window)
         positives = self._positives(query_ids)
@@ -508,8 +488,6 @@ class RankingDataModule(pl.LightningDataModule):
         """The training queries' negative pools (and teacher scores, if a teacher checkpoint is set),
         from the cache when the same inputs were mined before, else mined now and cached."""
         if self.refreshed is not None:
-            from datamodules.negatives import MiningSpec
-
             hit = self.negative_cache().load(MiningSpec(**{**self.refreshed, "window": tuple(self.refreshed["window"])}))
             if hit is not None:
                 return hit
@@ -525,8 +503,6 @@ class RankingDataModule(pl.LightningDataModule):
 
     def score_with_teacher(self, candidates: dict[str, list[str]], known=None) -> dict[str, dict[str, float]]:
         """Teacher (``mining_teacher``) scores of each query's candidates; ``known`` scores are reused."""
-        from rankers.devices import pick_device
-
         known = known or {}
         todo = {q: [p for p in pids if p not in known.get(q, {})] for q, pids in candidates.items()}
         pairs = [(q, p) for q, pids in todo.items() for p in pids]
@@ -555,8 +531,6 @@ class RankingDataModule(pl.LightningDataModule):
         return self.model_loader(path, map_location=map_location, expect=expect)
 
     def _read_teacher_file(self):
-        from datamodules.formats import read_teacher_scores
-
         path = self.teacher_scores_path
         if not Path(path).exists():
             raise FileNotFoundError(
@@ -564,7 +538,7 @@ class RankingDataModule(pl.LightningDataModule):
                 f"`python -m rankers predict --config configs/ca_teacher.yaml --ckpt_path CA_CKPT` "
                 f"(or run `python -m rankers reproduce`)"
             )
-        return read_teacher_scores(path)
+        return formats.read_teacher_scores(path)
 
     def _setup_train(self, predicting: bool = False) -> None:
         query_ids = self.training_query_ids(predicting)
@@ -623,10 +597,6 @@ class RankingDataModule(pl.LightningDataModule):
         ``epoch``, searching ``index`` (a dense index of this corpus built with the same weights) when
         given; rank 0 mines and caches, every rank then loads the same pools (DDP-safe: barrier +
         broadcast of the cache key). The next ``train_dataloader`` serves them."""
-        import dataclasses
-
-        from datamodules.negatives import dense_run
-
         trainer = self.trainer
         query_ids = [ex.query_id for ex in self.train_dataset.examples]
         spec = dataclasses.replace(self.mining_spec(query_ids), miner="dense-refresh",
@@ -634,8 +604,8 @@ class RankingDataModule(pl.LightningDataModule):
         if trainer.is_global_zero and self.negative_cache().load(spec) is None:
             rows = self.load().query_index()
             queries = self.load().queries.select([rows[q] for q in query_ids])
-            run = dense_run(model, self.load().corpus, queries, depth=self._mining_depth(), index=index,
-                            batch_size=self.eval_batch_size, progress=False)
+            run = dense_mining.dense_run(model, self.load().corpus, queries, depth=self._mining_depth(), index=index,
+                                         batch_size=self.eval_batch_size, progress=False)
             known = self.train_dataset.teacher_scores if self.mining_teacher else None
             self.negative_cache().save(spec, self._pools_from_run(run, query_ids, teacher_scores=known))
         spec_dict = trainer.strategy.broadcast(dataclasses.asdict(spec), src=0)
@@ -699,8 +669,6 @@ class RankingDataModule(pl.LightningDataModule):
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         context = self._worker_context()
         if shuffle:  # the training order: seeded per epoch, sharded over ranks, resumable mid-epoch
-            from datamodules.sampler import resumable_train_loader
-
             return resumable_train_loader(
                 dataset, batch_size=batch_size, seed=self.seed, epoch=self.train_dataset.epoch,
                 num_replicas=getattr(self.trainer, "world_size", 1), rank=getattr(self.trainer, "global_rank", 0),
@@ -724,10 +692,6 @@ class RankingDataModule(pl.LightningDataModule):
 
     def _collection_loader(self, epoch: int) -> DataLoader:
         """The training loader over this collection and ``extra_train``'s, each batch from one of them."""
-        from torch.utils.data import ConcatDataset
-
-        from datamodules.sampler import CollectionBatchSampler, CollectionDataLoader
-
         parts = [self.train_dataset, *(child.train_dataset for child in self.extra_collections())]
         for part in parts:
             part.epoch = epoch

@@ -9,7 +9,7 @@ import pytest
 from datamodules.datamodule import RankingDataModule
 from stubs import StubTrainer
 from datamodules.formats import read_run, write_run
-from datamodules.negatives import denoise
+from datamodules.mining.pools import denoise
 from rankers.evaluation.metrics import rank_passages
 from rankers.models.checkpoints import load_checkpoint
 
@@ -82,7 +82,7 @@ def embedded_kw(tmp_path_factory):
 
 
 def test_dense_mining_excludes_positives_and_uses_the_window(embedded_kw, tmp_path):
-    from datamodules.negatives import dense_run
+    from datamodules.mining.dense import dense_run
     from rankers.models.dual_encoder import DualEncoderRanker
 
     pl.seed_everything(0)
@@ -116,7 +116,7 @@ def test_teacher_scores_are_computed_once_and_reused(embedded_kw, tmp_path, monk
 
 def test_refresh_during_training_changes_negatives_and_training_continues(embedded_kw, tmp_path, monkeypatch):
     from callbacks.negative_refresh import NegativeRefresh
-    from datamodules import negatives
+    from datamodules.mining import dense as negatives
     from rankers.models.dual_encoder import DualEncoderRanker
 
     pl.seed_everything(0)

@@ -1,7 +1,7 @@
 """The one encode → index → search path of a dual encoder.
 
 Every dense search in rankers goes through these two functions: the eval callback's full retrieval,
-dense negative mining (:func:`datamodules.negatives.dense_run`) and the ``index`` / ``search``
+dense negative mining (:func:`datamodules.mining.dense.dense_run`) and the ``index`` / ``search``
 commands. Where the passage embeddings come from differs (sharded over DDP ranks, encoded chunk by
 chunk in memory, or resumable chunk files on disk), so the corpus side takes an iterable of
 ``(vectors, ids)`` chunks; :func:`rankers.retrieval.encode.encode_texts` does all the encoding.

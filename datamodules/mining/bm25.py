@@ -1,28 +1,19 @@
-"""BM25 candidate retrieval (``bm25s``) and hard-negative mining from a run.
-
-* :class:`BM25Retriever` / :func:`bm25_run`: index a corpus ``Dataset`` (``id``, ``text``) with
-  bm25s' own tokenizer, streaming the texts from Arrow in batches, and retrieve a run.
-* :func:`negative_pool`: per qrels query, the run's passages ranked inside a rank window minus
-  the judged positives, in rank order (score desc, ties by passage id desc, as in
-  :func:`rankers.evaluation.metrics.rank_passages`).
-(Each training step samples from that pool itself: :mod:`datamodules.examples`.)
-"""
+"""BM25 candidate retrieval with ``bm25s``: :class:`BM25Retriever` / :func:`bm25_run` index a corpus
+``Dataset`` (``id``, ``text``) with bm25s' own tokenizer, streaming the texts from Arrow in batches, and
+retrieve a run ``{query id: {passage id: score}}``."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import bm25s
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rankers.evaluation.metrics import rank_passages
-
 log = logging.getLogger(__name__)
 
 Run = dict[str, dict[str, float]]
-Qrels = Mapping[str, Mapping[str, int]]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -137,26 +128,3 @@ def bm25_run(
     :meth:`BM25Retriever.index` and :meth:`BM25Retriever.run`)."""
     retriever = BM25Retriever.index(corpus, k1=k1, b=b, stopwords=stopwords, stemmer=stemmer, batch_size=batch_size)
     return retriever.run(queries, k=k, batch_size=min(batch_size, 4096))
-
-
-# ----------------------------------------------------------------------------- negatives
-def _check_window(window: tuple[int, int]) -> tuple[int, int]:
-    try:
-        start, end = (int(w) for w in window)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"window {window!r}: expected (start, end) ranks") from err
-    if not 0 <= start < end:
-        raise ValueError(f"window {window!r}: expected 0 <= start < end (0-based ranks, end excluded)")
-    return start, end
-
-
-def negative_pool(run: Mapping[str, Mapping[str, float]], qrels: Qrels, *, window: tuple[int, int] = (0, 100)) -> dict[str, list[str]]:
-    """Per qrels query: its run passages at 0-based ranks ``[start, end)``, minus the judged
-    positives (relevance > 0), in rank order. Queries absent from the run get ``[]``."""
-    start, end = _check_window(window)
-    pools: dict[str, list[str]] = {}
-    for qid, judged in qrels.items():
-        positives = {pid for pid, rel in judged.items() if rel > 0}
-        ranked = rank_passages(run.get(qid) or {})[start:end]
-        pools[qid] = [pid for pid in ranked if pid not in positives]
-    return pools
