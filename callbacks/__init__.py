@@ -1,5 +1,5 @@
 """Lightning callbacks of rankers: retrieval evaluation (and on a suite of extra datasets), the ANCE negative
-refresh, score diagnostics, teacher-score writing."""
+refresh, score diagnostics, run and teacher-score writing."""
 from __future__ import annotations
 
 import importlib
@@ -9,6 +9,7 @@ _EXPORTS = {
     "NegativeRefresh": "callbacks.negative_refresh",
     "ScoreDiagnostics": "callbacks.score_diagnostics",
     "TeacherScoreWriter": "callbacks.teacher_scores",
+    "RunWriter": "callbacks.run_writer",
     "SuiteEvaluator": "callbacks.suite_eval",
 }
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from rankers.distributed import all_gather_rows, max_rows
+from rankers.distributed import all_gather_rows, gather_scored_pairs
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +140,7 @@ class RetrievalEvaluator(Callback):
         else:
             pair_index = torch.empty(0, dtype=torch.long, device=device)
             scores = torch.empty(0, device=device)
-        if trainer.world_size > 1:  # ranks may hold different numbers of pairs; padding rows are dropped
-            rows = max_rows(len(pair_index), device)
-            valid = all_gather_rows(torch.ones_like(pair_index, dtype=torch.bool), rows)
-            pair_index, scores = all_gather_rows(pair_index, rows)[valid], all_gather_rows(scores, rows)[valid]
-        pair_index, scores = pair_index.cpu().numpy(), scores.cpu().numpy()
-        # Lightning's DistributedSampler repeats a few pairs to give every rank as many: keep one of each
-        _, first = np.unique(pair_index, return_index=True)
-        return pair_index[first], scores[first]
+        return gather_scored_pairs(pair_index, scores)
 
     def _run_dir(self, trainer: pl.Trainer) -> Path:
         """Where run files go; call on every rank (``trainer.log_dir`` is a collective broadcast under DDP)."""

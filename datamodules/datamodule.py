@@ -126,8 +126,10 @@ class RankingDataModule(pl.LightningDataModule):
         mining_depth: candidates retrieved per training query before the window is applied
             (default: the window's end).
         predict_split: what ``predict`` scores: ``train`` (every training query's positives and negative
-            pool: the distillation teacher scores) or the ``val`` / ``test`` re-rank pairs (held-out
-            teacher scores, e.g. for ``callbacks.ScoreDiagnostics`` teacher-student agreement).
+            pool: the distillation teacher scores), the ``val`` / ``test`` re-rank pairs (held-out
+            teacher scores, e.g. for ``callbacks.ScoreDiagnostics`` teacher-student agreement), or
+            ``candidates``: the top ``eval_depth`` passages of every query of the ``eval_candidates`` run,
+            judged or not (``python -m rankers rerank``).
         mining_teacher: a CrossAttentionRanker checkpoint that scores every training query's
             positives and mined pool once at mining time (cached with the negatives): used for
             denoising and as the distillation teacher scores when ``teacher_scores`` is not given.
@@ -186,7 +188,7 @@ class RankingDataModule(pl.LightningDataModule):
         miner_checkpoint: str | None = None,
         mining_depth: int | None = None,
         teacher_scores: str | None = None,
-        predict_split: Literal["train", "val", "test"] = "train",
+        predict_split: Literal["train", "val", "test", "candidates"] = "train",
         mining_teacher: str | None = None,
         denoise_threshold: float | None = None,
         denoise_margin: float | None = None,
@@ -369,7 +371,9 @@ class RankingDataModule(pl.LightningDataModule):
         self.corpus_rows = data.corpus_index()
         if stage in (None, "fit") or (stage == "predict" and self.predict_split == "train"):
             self._setup_train(predicting=stage == "predict")
-        if stage == "predict" and self.predict_split != "train":
+        if stage == "predict" and self.predict_split == "candidates":
+            self.eval_sets["candidates"] = self._candidate_pairs()
+        elif stage == "predict" and self.predict_split != "train":
             split = self.val_split if self.predict_split == "val" else self.test_split
             self.eval_sets[self.predict_split] = self._pair_set(split)
         if stage in (None, "fit", "validate"):
@@ -403,6 +407,17 @@ class RankingDataModule(pl.LightningDataModule):
         run = _top(self.split_candidate_run(split, query_ids), self.eval_depth)
         pairs = PairDataset(data.queries, self.query_rows, data.corpus, self.corpus_rows, run)
         pairs.split, pairs.qrels = split, {q: data.qrels[split][q] for q in query_ids}
+        return pairs
+
+    def _candidate_pairs(self) -> PairDataset:
+        """Every query of the ``eval_candidates`` run with its top ``eval_depth`` passages (ids checked)."""
+        if not self.eval_candidates:
+            raise ValueError("predict_split='candidates' re-ranks the run in eval_candidates: set --data.eval_candidates")
+        run = formats.read_candidates(self.eval_candidates)
+        formats.check_run_ids(run, self.query_rows, self.corpus_rows, path=self.eval_candidates)
+        data = self.load()
+        pairs = PairDataset(data.queries, self.query_rows, data.corpus, self.corpus_rows, _top(run, self.eval_depth))
+        pairs.split, pairs.qrels = None, {}
         return pairs
 
     def training_query_ids(self, predicting: bool = False) -> list[str]:

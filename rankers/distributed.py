@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -93,6 +94,22 @@ def all_gather_rows(tensor: Tensor, rows: int | None = None, *, with_grad: bool 
         gathered = torch.stack(parts)
     gathered = gathered.reshape(-1, *local.shape[1:])
     return gathered.bool() if is_bool else gathered
+
+
+def gather_scored_pairs(pair_index: Tensor, scores: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(pair index, score) of every pair scored on any rank, each pair once, sorted by pair index.
+
+    Ranks may hold different numbers of pairs (Lightning's predict sampler does not pad; its eval sampler
+    repeats a few pairs to give every rank as many): the rows are gathered padded, the padding dropped, and
+    the first score of a repeated pair kept. Every rank must call this (a collective under DDP).
+    """
+    if world_size() > 1:
+        rows = max_rows(len(pair_index), pair_index.device)
+        valid = all_gather_rows(torch.ones_like(pair_index, dtype=torch.bool), rows)
+        pair_index, scores = all_gather_rows(pair_index, rows)[valid], all_gather_rows(scores, rows)[valid]
+    pair_index, scores = pair_index.detach().cpu().numpy(), scores.detach().float().cpu().numpy()
+    _, first = np.unique(pair_index, return_index=True)
+    return pair_index[first], scores[first]
 
 
 def rank_weights(local_counts: Tensor) -> Tensor:

@@ -11,7 +11,9 @@ writes what it saw to a scratch folder; the tests compare that with one process:
   loss and the gradients after DDP's all-reduce, for label training with gathered in-batch negatives
   (and without gathering), and label + M3SE distillation;
 * **eval**: ``validate`` with the :class:`RetrievalEvaluator` (re-rank and full retrieval) and its default
-  run-file folder (``trainer.log_dir``, a collective under DDP).
+  run-file folder (``trainer.log_dir``, a collective under DDP);
+* **rerank**: ``python -m rankers rerank --devices 2`` (a ``predict`` loop with :class:`callbacks.RunWriter`)
+  on a tiny cross-attention checkpoint -- each rank scores half of the pairs, rank 0 writes the whole run.
 """
 from __future__ import annotations
 
@@ -139,6 +141,20 @@ def _worker(out: Path) -> None:
         torch.save({"loss": recorder.loss, "grads": recorder.grads}, out / f"loss-{name}-rank{rank}.pt")
 
     _worker_eval(out, rank)
+    _worker_rerank(out, rank)
+
+
+def _rerank_argv(out: Path, output: Path, devices: int) -> list[str]:
+    return ["--ckpt_path", str(out / "ca.ckpt"), "--run", str(out / "candidates.trec"), "--data.dataset", "embedded",
+            "--data.embedded_scale", "0.05", "--output", str(output), "--depth", "9", "--batch_size", "8",
+            "--accelerator", "cpu", "--devices", str(devices)]
+
+
+def _worker_rerank(out: Path, rank: int) -> None:
+    from rankers.commands.serve import rerank_main
+
+    run = rerank_main(_rerank_argv(out, out / "rerank2.trec", WORLD))
+    (out / f"rerank-rank{rank}.json").write_text(json.dumps({"run": run}))
 
 
 def _worker_eval(out: Path, rank: int) -> None:
@@ -201,6 +217,26 @@ def _loss_examples() -> list[dict[str, Any]]:
     return examples
 
 
+def _rerank_inputs(out: Path) -> None:
+    """A tiny CA checkpoint and a candidate run (BM25 top 12 of 9 val queries, one of them with 5) to re-rank."""
+    import lightning.pytorch as pl
+
+    from datamodules.formats import write_run
+    from rankers.models.cross_encoder import CrossAttentionRanker
+
+    pl.seed_everything(0, verbose=False)
+    trainer = _trainer(1)
+    trainer.strategy.connect(CrossAttentionRanker(backbone="embedded", max_length=64))
+    trainer.save_checkpoint(out / "ca.ckpt")
+    dm = _datamodule(eval_depth=12)
+    dm.prepare_data()
+    dm.setup("validate")
+    run = dm.split_candidate_run(dm.val_split, list(dm.eval_sets["val"].qrels))
+    first = next(iter(run))
+    run[first] = dict(list(run[first].items())[:5])
+    write_run(run, out / "candidates.trec", tag="bm25")
+
+
 @pytest.fixture(scope="module")
 def ddp_out(tmp_path_factory) -> Path:
     """Prepare the data here (so the ranks only read caches), then run the 2-process worker once."""
@@ -209,6 +245,7 @@ def ddp_out(tmp_path_factory) -> Path:
     _model()  # builds the embedded backbone once, here, rather than in both ranks at once
     for overrides in DATA_SPLIT_RUNS.values():
         _datamodule(**overrides).prepare_data()
+    _rerank_inputs(out)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
            "--nproc_per_node", str(WORLD), str(Path(__file__).resolve()), str(out)]
@@ -386,6 +423,26 @@ def test_retrieval_eval_on_two_processes_matches_one_process(ddp_out, tmp_path):
             assert set(ranking) == set(one[qid])
             in_one = [one[qid][pid] for pid in ranking]
             assert all(a >= b - 1e-6 * abs(b) for a, b in zip(in_one, in_one[1:])), (mode, qid)
+
+
+# --- rerank -------------------------------------------------------------------------------------
+def test_rerank_on_two_processes_writes_the_run_of_one_process(ddp_out, tmp_path):
+    from datamodules.formats import read_candidates, read_run
+    from rankers.commands.serve import rerank_main
+    from rankers.evaluation.metrics import rank_passages
+
+    one = rerank_main(_rerank_argv(ddp_out, tmp_path / "rerank1.trec", 1))
+    candidates = read_candidates(ddp_out / "candidates.trec")
+    # every query of the run, its top 9 candidates (depth), the 5-candidate query whole
+    assert {q: set(c) for q, c in one.items()} == {q: set(rank_passages(c)[:9]) for q, c in candidates.items()}
+    assert sorted(len(c) for c in one.values())[0] == 5
+    two = read_run(ddp_out / "rerank2.trec")  # written by rank 0 from both ranks' scores
+    assert set(two) == set(one)
+    for qid, scores in one.items():
+        assert two[qid] == pytest.approx(scores, rel=1e-5, abs=1e-6)
+    for rank in _rank_json(ddp_out, "rerank"):  # every rank returns the whole gathered run
+        assert set(rank["run"]) == set(one)
+    assert len(set(round(s, 4) for c in one.values() for s in c.values())) > 1  # scores that can disagree
 
 
 if __name__ == "__main__":

@@ -344,30 +344,51 @@ def _log_metrics(run: Run, qrels) -> None:
 
 
 def rerank_main(argv: list[str] | None = None) -> Run:
-    """``python -m rankers rerank --ckpt_path CKPT --run RUN --data.dataset DATA --output RUN_OUT``."""
-    from datamodules.formats import check_run_ids, read_run, write_run
+    """``python -m rankers rerank --ckpt_path CKPT --run RUN --data.dataset DATA --output RUN_OUT``.
 
+    A Lightning ``predict`` loop (as lightning-ir's ``re_rank``): the DataModule serves every query of
+    ``--run`` with its top ``--depth`` candidates (``predict_split="candidates"``), the model's
+    ``predict_step`` scores the pairs, :class:`callbacks.RunWriter` gathers them across devices and writes the
+    run; ``--devices 2`` (or more) re-ranks under DDP.
+    """
+    import lightning.pytorch as pl
+
+    from callbacks.run_writer import RunWriter
+    from datamodules.datamodule import RankingDataModule
+    from rankers.commands.console import progress_enabled
     from rankers.commands.parsing import command_parser
+    from rankers.export import load_model
+    from rankers.precision import resolve_precision
 
     parser = command_parser("rerank", "Re-rank a TREC run with a cross-attention (or dual-encoder) ranker.")
-    _add_model_args(parser, True, "CrossAttentionRanker / DualEncoderRanker checkpoint or exported directory")
+    parser.add_argument("--ckpt_path", required=True,
+                        help="CrossAttentionRanker / DualEncoderRanker checkpoint or exported directory")
+    parser.add_argument("--batch_size", type=int, default=128, help="pairs per model batch")
     _add_data_args(parser, required=True)
-    parser.add_argument("--run", required=True, help="TREC run of candidates")
+    parser.add_argument("--run", required=True, help="TREC run (or any candidate file the DataModule reads) to re-rank")
     parser.add_argument("--output", required=True, help="TREC run file to write")
     parser.add_argument("--depth", type=int, default=100, help="candidates re-ranked per query (the rest are dropped)")
     parser.add_argument("--split", default=None, help="log metrics against this split's qrels")
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    parser.add_argument("--devices", default="1", help="devices to re-rank on (Lightning's --trainer.devices: 2, auto)")
+    parser.add_argument("--precision", default="32-true",
+                        help="32-true as the configs' trainers; auto: bf16 autocast where it pays off "
+                             "(rankers/precision.py); or any Lightning precision")
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers")
     args = parser.parse_args(argv)
-    data = load_data(args.data.dataset, embedded_scale=args.data.embedded_scale, cache_dir=args.data.cache_dir)
-    run = read_run(args.run)
-    query_rows, passage_rows = data.query_index(), data.corpus_index()
-    check_run_ids(run, query_rows, passage_rows, path=args.run)
-    model = load_model_on(args.ckpt_path, args.device)
-    from rankers.precision import inference_autocast
-
-    with inference_autocast(args.precision, model.device):
-        reranked = rerank_run(model, run, data.queries, data.corpus, depth=args.depth,
-                              batch_size=args.batch_size or 128, query_rows=query_rows, passage_rows=passage_rows)
-    write_run(reranked, args.output, tag="rankers-rerank")
-    log.info("re-ranked run of %d queries written to %s", len(reranked), args.output)
-    _log_metrics(reranked, data.qrels[args.split] if args.split else None)
-    return reranked
+    if args.depth < 1:
+        raise ValueError(f"--depth must be >= 1, got {args.depth}")
+    datamodule = RankingDataModule(dataset=args.data.dataset, embedded_scale=args.data.embedded_scale,
+                                   cache_dir=args.data.cache_dir, eval_candidates=args.run, predict_split="candidates",
+                                   eval_depth=args.depth, eval_batch_size=args.batch_size, num_workers=args.num_workers)
+    model = load_model(args.ckpt_path)
+    writer = RunWriter(args.output, tag="rankers-rerank")
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    trainer = pl.Trainer(accelerator=args.accelerator, devices=devices,
+                         precision=resolve_precision(args.precision, args.accelerator), logger=False,
+                         callbacks=[writer], enable_checkpointing=False, enable_model_summary=False,
+                         enable_progress_bar=progress_enabled(),
+                         default_root_dir=str(Path(args.output).parent))
+    trainer.predict(model, datamodule=datamodule, return_predictions=False)
+    _log_metrics(writer.run, datamodule.load().qrels[args.split] if args.split else None)
+    return writer.run
