@@ -35,7 +35,7 @@ from datamodules.mining import dense as dense_mining
 from datamodules.mining.bm25 import bm25_run
 from datamodules.mining.cache import MinedNegatives, MiningSpec, NegativeCache, file_digest
 from datamodules.mining.pools import denoise, negative_pool
-from datamodules.sampler import CollectionBatchSampler, CollectionDataLoader, resumable_train_loader
+from datamodules.sampler import BatchedDataset, CollectionBatchSampler, CollectionDataLoader, resumable_train_loader
 from rankers.devices import pick_device
 from rankers.embedded import dataset as embedded
 from rankers.evaluation.metrics import rank_passages
@@ -714,7 +714,8 @@ class RankingDataModule(pl.LightningDataModule):
                                          batch_size=self.batch_size, seed=self.seed, epoch=epoch,
                                          num_replicas=getattr(self.trainer, "world_size", 1),
                                          rank=getattr(self.trainer, "global_rank", 0))
-        return CollectionDataLoader(ConcatDataset(parts), batch_sampler=sampler, num_workers=self.num_workers,
+        return CollectionDataLoader(BatchedDataset(ConcatDataset(parts)), sampler=sampler, batch_size=None,
+                                    num_workers=self.num_workers,
                                     collate_fn=self._collate(), pin_memory=self.pin_memory,
                                     multiprocessing_context=self._worker_context(),
                                     generator=torch.Generator().manual_seed(self.seed + epoch))

@@ -32,7 +32,7 @@ from torch.utils.data.distributed import DistributedSampler
 log = logging.getLogger(__name__)
 
 __all__ = ["ResumableSampler", "ResumableDataLoader", "resumable_train_loader", "CollectionBatchSampler",
-           "CollectionDataLoader"]
+           "BatchedDataset", "CollectionDataLoader"]
 
 
 class ResumableSampler(DistributedSampler):
@@ -153,8 +153,13 @@ def resumable_train_loader(dataset: Dataset, *, batch_size: int, seed: int, epoc
     return ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
 
 
-class CollectionBatchSampler(Sampler[list[int]]):
+class CollectionBatchSampler(DistributedSampler):
     """Batches over several training collections concatenated (a ``ConcatDataset``), each batch from one.
+
+    It yields whole batches (lists of indices) and is used as a DataLoader's ``sampler`` with
+    ``batch_size=None`` over a :class:`BatchedDataset`; it *is* a ``DistributedSampler`` (sharding is its own,
+    below) so that Lightning leaves it in place under DDP -- Lightning refuses a custom ``batch_sampler``
+    there unless ``use_distributed_sampler=False``.
 
     Per epoch, collection ``c`` (``sizes[c]`` items, starting at the sum of the sizes before it) contributes
     ``round(weights[c] * sizes[c])`` draws -- a seeded permutation of its items, cycled when the weight is above
@@ -172,9 +177,11 @@ class CollectionBatchSampler(Sampler[list[int]]):
         bad = [w for w in weights if not w > 0]
         if bad:
             raise ValueError(f"CollectionBatchSampler: weights must be > 0, got {weights}")
+        Sampler.__init__(self)  # not DistributedSampler's: no process group is needed to build one
         self.sizes, self.weights = list(sizes), list(weights)
         self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
         self.num_replicas, self.rank = num_replicas, rank
+        self.shuffle, self.drop_last = True, False
         self._start: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -220,20 +227,35 @@ class CollectionBatchSampler(Sampler[list[int]]):
         return iter([items[lo:hi] for _, items in self.global_batches()[start:]])
 
 
+class BatchedDataset(Dataset):
+    """A map-style dataset indexed by a list of indices: ``data[[i, j]] == [base[i], base[j]]`` (one fetch per
+    batch, for a sampler that yields whole batches)."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, indices: list[int]) -> list[Any]:
+        return [self.base[i] for i in indices]
+
+
 class CollectionDataLoader(_CheckpointedPosition, DataLoader):
-    """A ``DataLoader`` over a :class:`CollectionBatchSampler` whose in-epoch position (in batches) is
-    checkpointed, as :class:`ResumableDataLoader` does for one collection."""
+    """A ``DataLoader`` over a :class:`BatchedDataset` with a :class:`CollectionBatchSampler` as its
+    ``sampler`` (``batch_size=None``: each sampled item is a batch, given to ``collate_fn`` whole), whose
+    in-epoch position (in batches) is checkpointed, as :class:`ResumableDataLoader` does for one collection."""
 
     unit = "batches"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(self.batch_sampler, CollectionBatchSampler):
-            raise TypeError("CollectionDataLoader needs a CollectionBatchSampler as batch_sampler")
-        self._position = {"epoch": self.batch_sampler.epoch, "batches": 0}
+        if not isinstance(self.sampler, CollectionBatchSampler) or self.batch_size is not None:
+            raise TypeError("CollectionDataLoader needs a CollectionBatchSampler as sampler and batch_size=None")
+        self._position = {"epoch": self.sampler.epoch, "batches": 0}
 
     def _order(self) -> CollectionBatchSampler:
-        return self.batch_sampler  # type: ignore[return-value]
+        return self.sampler  # type: ignore[return-value]
 
     def _step(self) -> int:
         return 1

@@ -12,6 +12,10 @@ writes what it saw to a scratch folder; the tests compare that with one process:
   (and without gathering), and label + M3SE distillation;
 * **eval**: ``validate`` with the :class:`RetrievalEvaluator` (re-rank and full retrieval) and its default
   run-file folder (``trainer.log_dir``, a collective under DDP);
+* **collections**: a ``fit`` on the embedded data plus WikiQA (``extra_train``, ``../shared/data``) --
+  every rank records the query ids of its batches (each global batch from one collection);
+* **suite**: ``test`` with :class:`callbacks.SuiteEvaluator` (re-rank and full retrieval) -- every rank's
+  numbers, which must equal one process's;
 * **rerank**: ``python -m rankers rerank --devices 2`` (a ``predict`` loop with :class:`callbacks.RunWriter`)
   on a tiny cross-attention checkpoint -- each rank scores half of the pairs, rank 0 writes the whole run.
 """
@@ -28,6 +32,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"  # beside the checkout (CI has it): WikiQA for the collections part
 WORLD = 2
 DATA_SPLIT_RUNS = {  # name -> DataModule overrides; 24 queries split evenly, 15 leave the sampler one to pad
     "even_workers0": {"max_train_queries": 24, "num_workers": 0},
@@ -142,6 +147,43 @@ def _worker(out: Path) -> None:
 
     _worker_eval(out, rank)
     _worker_rerank(out, rank)
+    _worker_collections(out, rank, recorder_class=BatchRecorder)
+    _worker_suite(out, rank)
+
+
+def _collections_datamodule():
+    from datamodules.datamodule import TrainingCollection
+
+    return _datamodule(max_train_queries=12, extra_train=[TrainingCollection(str(SHARED_DATA / "wikiqa"), weight=1.0,
+                                                                             max_train_queries=8)])
+
+
+def _worker_collections(out: Path, rank: int, recorder_class) -> None:
+    import lightning.pytorch as pl
+
+    dm, recorder = _collections_datamodule(), recorder_class()
+    trainer = _trainer(WORLD, max_epochs=1, limit_val_batches=0, callbacks=[recorder])
+    pl.seed_everything(0, verbose=False)
+    trainer.fit(_model(), datamodule=dm)
+    (out / f"collections-rank{rank}.json").write_text(json.dumps({
+        "main": [ex.query_id for ex in dm.train_dataset.examples],
+        "extra": [ex.query_id for ex in dm.extra_collections()[0].train_dataset.examples],
+        "batches": recorder.batches}))
+
+
+def _suite():
+    from callbacks.suite_eval import SuiteEvaluator
+
+    return SuiteEvaluator(["embedded"], embedded_scale=0.05, split="test", eval_depth=9, max_eval_queries=7,
+                          metrics=list(EVAL_METRICS), batch_size=16, full_retrieval=True)
+
+
+def _worker_suite(out: Path, rank: int) -> None:
+    suite = _suite()
+    trainer = _trainer(WORLD, default_root_dir=str(out / "suite2"), callbacks=[suite])
+    trainer.test(_model(**EVAL_MODEL), datamodule=_datamodule())
+    (out / f"suite-rank{rank}.json").write_text(json.dumps({"results": suite.results,
+                                                            "retrieval": suite.retrieval_results}))
 
 
 def _rerank_argv(out: Path, output: Path, devices: int) -> list[str]:
@@ -246,6 +288,9 @@ def ddp_out(tmp_path_factory) -> Path:
     for overrides in DATA_SPLIT_RUNS.values():
         _datamodule(**overrides).prepare_data()
     _rerank_inputs(out)
+    _collections_datamodule().prepare_data()
+    suite = _suite()
+    suite.pairs(0)  # the suite's BM25 candidates cached here, not by both ranks at once
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
            "--nproc_per_node", str(WORLD), str(Path(__file__).resolve()), str(out)]
@@ -423,6 +468,37 @@ def test_retrieval_eval_on_two_processes_matches_one_process(ddp_out, tmp_path):
             assert set(ranking) == set(one[qid])
             in_one = [one[qid][pid] for pid in ranking]
             assert all(a >= b - 1e-6 * abs(b) for a, b in zip(in_one, in_one[1:])), (mode, qid)
+
+
+# --- several training collections and the suite ---------------------------------------------------
+def test_two_collections_under_ddp_keep_each_global_batch_in_one_collection(ddp_out):
+    ranks = _rank_json(ddp_out, "collections")
+    main, extra = set(ranks[0]["main"]), set(ranks[0]["extra"])
+    assert len(main) == 12 and len(extra) == 8 and not main & extra
+    assert all(set(r["main"]) == main and set(r["extra"]) == extra for r in ranks)
+    steps = [r["batches"] for r in ranks]
+    assert len(steps[0]) == len(steps[1]) == 2 + 1  # global batches of 2 ranks x 4 queries: ceil(12 / 8) + 8 / 8
+    seen = {"main": [], "extra": []}
+    for step in zip(*steps):  # the two ranks' halves of one global batch: from one collection
+        ids = [q for half in step for q in half["query_ids"]]
+        side = "main" if set(ids) <= main else "extra"
+        assert set(ids) <= (main if side == "main" else extra), step
+        assert len(ids) == 2 * 4
+        seen[side] += ids
+    assert set(seen["main"]) == main and set(seen["extra"]) == extra  # one pass over each, the last batch completed
+
+
+def test_suite_evaluator_on_two_processes_matches_one_process(ddp_out, tmp_path):
+    suite = _suite()
+    _trainer(1, default_root_dir=str(tmp_path), callbacks=[suite]).test(_model(**EVAL_MODEL), datamodule=_datamodule())
+    assert suite.results["embedded"]["num_queries"] == 7 and suite.retrieval_results
+    for rank in _rank_json(ddp_out, "suite"):
+        assert set(rank["results"]) == set(suite.results)
+        for name, values in suite.results.items():
+            assert rank["results"][name] == pytest.approx(values, abs=1e-6), name
+        for name, values in suite.retrieval_results.items():
+            assert rank["retrieval"][name] == pytest.approx(values, abs=1e-6), name
+    assert (ddp_out / "suite2" / "suite.md").is_file()
 
 
 # --- rerank -------------------------------------------------------------------------------------
