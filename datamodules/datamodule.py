@@ -154,6 +154,11 @@ class RankingDataModule(pl.LightningDataModule):
             ``fold`` and ``predict`` scores only the queries *in* it, so a teacher never scores the
             judgments it was trained on (see :func:`fold_query_ids`).
         batch_size: training queries per batch; eval_batch_size: pairs per eval batch.
+        length_group_batches: group the training order by length: each run of this many global batches of
+            the epoch's shuffle is sorted by the items' lengths (query + longest drawn passage, in characters)
+            before it is cut into batches, so a step pads to similar lengths (0: off, the plain shuffle).
+            Deterministic, sharded and resumable like the plain order (:class:`datamodules.sampler.ResumableSampler`);
+            one collection only (ignored with ``extra_train``).
         num_workers: dataloader workers; pin_memory: pin host memory (GPU training).
         worker_start_method: how dataloader workers start (``multiprocessing_context``): ``"auto"`` --
             ``"forkserver"`` when training runs on several processes (DDP), the platform default
@@ -201,6 +206,7 @@ class RankingDataModule(pl.LightningDataModule):
         extra_train: list[TrainingCollection] | None = None,
         batch_size: int = 16,
         eval_batch_size: int = 128,
+        length_group_batches: int = 0,
         num_workers: int = 0,
         pin_memory: bool = False,
         worker_start_method: Literal["auto", "fork", "spawn", "forkserver"] = "auto",
@@ -255,6 +261,10 @@ class RankingDataModule(pl.LightningDataModule):
         self.hparams["extra_train"] = [dataclasses.asdict(c) for c in self.extra_train]  # plain data in checkpoints
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        if length_group_batches < 0:
+            raise ValueError(f"RankingDataModule: length_group_batches must be >= 0 (0: off), got {length_group_batches}")
+        self.length_group_batches = length_group_batches
+        self._text_lengths: tuple[Any, Any] | None = None
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         if worker_start_method not in ("auto", "fork", "spawn", "forkserver"):
@@ -684,14 +694,27 @@ class RankingDataModule(pl.LightningDataModule):
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         context = self._worker_context()
         if shuffle:  # the training order: seeded per epoch, sharded over ranks, resumable mid-epoch
+            lengths = self.train_item_lengths() if self.length_group_batches else None
             return resumable_train_loader(
                 dataset, batch_size=batch_size, seed=self.seed, epoch=self.train_dataset.epoch,
                 num_replicas=getattr(self.trainer, "world_size", 1), rank=getattr(self.trainer, "global_rank", 0),
+                lengths=lengths, group_batches=max(1, self.length_group_batches),
                 num_workers=self.num_workers, collate_fn=self._collate(), pin_memory=self.pin_memory,
                 multiprocessing_context=context)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.num_workers,
                           collate_fn=self._collate(), pin_memory=self.pin_memory, persistent_workers=False,
                           multiprocessing_context=context)
+
+    def train_item_lengths(self):
+        """This epoch's training items' lengths (query + longest drawn passage, characters) for length grouping;
+        the texts' lengths are read once, with Arrow, from the memory-mapped tables."""
+        if self._text_lengths is None:
+            import pyarrow.compute as pc
+
+            data = self.load()
+            self._text_lengths = tuple(pc.utf8_length(ds.with_format("arrow")["text"]).to_numpy(zero_copy_only=False)
+                                       for ds in (data.queries, data.corpus))
+        return self.train_dataset.item_lengths(*self._text_lengths)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "setup('fit') first"

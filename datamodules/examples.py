@@ -54,6 +54,17 @@ class ListwiseTrainDataset(torch.utils.data.Dataset):
         negatives = rng.sample(ex.negatives, k)
         return ex, [positive, *negatives]
 
+    def item_lengths(self, query_lengths: np.ndarray, passage_lengths: np.ndarray) -> np.ndarray:
+        """Per item of this epoch: the characters of its query plus the longest of its drawn passages (what
+        pads a batch), from per-row text lengths (``query_lengths[query row]``, ``passage_lengths[corpus
+        row]``); the draws are :meth:`draw`'s, so no text is read."""
+        out = np.empty(len(self.examples), dtype=np.int64)
+        for i in range(len(self.examples)):
+            ex, passage_ids = self.draw(i)
+            longest = max((int(passage_lengths[self.corpus_rows[p]]) for p in passage_ids), default=0)
+            out[i] = int(query_lengths[self.query_rows[ex.query_id]]) + longest
+        return out
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         ex, passage_ids = self.draw(index)
         rows = [self.corpus_rows[pid] for pid in passage_ids]

@@ -44,14 +44,53 @@ class ResumableSampler(DistributedSampler):
         shuffle: False keeps dataset order.
         num_replicas, rank: DDP world size and this process's rank (1 and 0 in one process).
         drop_last: as in ``DistributedSampler`` (False pads shards to equal size by repeating items).
+        lengths / batch_size / group_batches: length grouping (off when ``lengths`` is None): the shuffled
+            order is cut into groups of ``group_batches`` global batches (``batch_size * num_replicas`` items)
+            and each group sorted by ``lengths`` (longest first, ties in shuffled order) before sharding, so
+            the items of one step -- on every rank -- have similar lengths and pad little (as
+            ``transformers``' ``LengthGroupedSampler``, but sharded and resumable). Which items an epoch
+            holds, and each rank's share of them, do not change.
     """
 
     def __init__(self, dataset: Dataset, *, seed: int = 0, epoch: int = 0, shuffle: bool = True,
-                 num_replicas: int = 1, rank: int = 0, drop_last: bool = False) -> None:
+                 num_replicas: int = 1, rank: int = 0, drop_last: bool = False, lengths: Any = None,
+                 batch_size: int = 1, group_batches: int = 50) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                          drop_last=drop_last)
+        if lengths is not None and len(lengths) != len(dataset):  # type: ignore[arg-type]
+            raise ValueError(f"ResumableSampler: {len(lengths)} lengths for {len(dataset)} items")  # type: ignore[arg-type]
+        if batch_size < 1 or group_batches < 1:
+            raise ValueError(f"ResumableSampler: batch_size and group_batches must be >= 1, got {batch_size}, "
+                             f"{group_batches}")
+        self.lengths = None if lengths is None else [int(x) for x in lengths]
+        self.batch_size, self.group_batches = int(batch_size), int(group_batches)
         self.set_epoch(epoch)
         self._start: tuple[int, int] | None = None  # (epoch, samples of the shard to skip) for the next pass
+
+    def _length_grouped(self) -> list[int]:
+        """DistributedSampler's order with each group of global batches sorted by length, then sharded."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            indices = torch.randperm(len(self.dataset), generator=generator).tolist()  # type: ignore[arg-type]
+        else:
+            indices = list(range(len(self.dataset)))  # type: ignore[arg-type]
+        if not self.drop_last:  # pad as DistributedSampler does
+            padding = self.total_size - len(indices)
+            indices += (indices * -(-padding // max(1, len(indices))))[:padding]
+        else:
+            indices = indices[: self.total_size]
+        width = self.batch_size * self.num_replicas * self.group_batches
+        lengths = self.lengths
+        grouped: list[int] = []
+        for lo in range(0, len(indices), width):
+            grouped += sorted(indices[lo:lo + width], key=lambda i: -lengths[i])  # stable: ties keep the shuffle
+        return grouped[self.rank : self.total_size : self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.pending_start()
+        self._start = None  # a resume offset applies to one pass only
+        indices = self._length_grouped() if self.lengths is not None else list(super().__iter__())
+        return iter(indices[start:])
 
     def start_at(self, epoch: int, samples: int) -> None:
         """Make the next pass over ``epoch`` begin after the first ``samples`` items of this rank's shard."""
@@ -65,11 +104,6 @@ class ResumableSampler(DistributedSampler):
             return 0
         return min(self._start[1], self.num_samples)
 
-    def __iter__(self) -> Iterator[int]:
-        start = self.pending_start()
-        self._start = None  # a resume offset applies to one pass only
-        indices = list(super().__iter__())
-        return iter(indices[start:])
 
 
 class _CheckpointedPosition:
@@ -142,13 +176,16 @@ class ResumableDataLoader(_CheckpointedPosition, DataLoader):
 
 
 def resumable_train_loader(dataset: Dataset, *, batch_size: int, seed: int, epoch: int, num_replicas: int = 1,
-                           rank: int = 0, **kwargs: Any) -> ResumableDataLoader:
-    """The training ``DataLoader`` of one epoch: shuffled by ``seed + epoch``, sharded, resumable.
+                           rank: int = 0, lengths: Any = None, group_batches: int = 50,
+                           **kwargs: Any) -> ResumableDataLoader:
+    """The training ``DataLoader`` of one epoch: shuffled by ``seed + epoch``, sharded, resumable; with
+    ``lengths``, grouped by length (:class:`ResumableSampler`).
 
     ``kwargs`` go to ``DataLoader`` (``num_workers``, ``collate_fn``, ``pin_memory`` ...). The loader's
     ``generator`` (it seeds dataloader workers) is seeded too, so no global RNG is consumed.
     """
-    sampler = ResumableSampler(dataset, seed=seed, epoch=epoch, num_replicas=num_replicas, rank=rank)
+    sampler = ResumableSampler(dataset, seed=seed, epoch=epoch, num_replicas=num_replicas, rank=rank,
+                               lengths=lengths, batch_size=batch_size, group_batches=group_batches)
     kwargs.setdefault("generator", torch.Generator().manual_seed(seed + epoch))
     return ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
 
