@@ -117,6 +117,8 @@ class RankingDataModule(pl.LightningDataModule):
         embedded_label_noise: share of the embedded default's single-fact training queries whose one
             judgment lands on a passage whose fact differs from the asked one in one word (annotator slips;
             see rankers/embedded/dataset.py). Dev and test judgments stay clean.
+        embedded_label_noise_kind: where a slip lands: ``"near_miss"`` (a passage whose fact differs from
+            the asked one in one word) or ``"random"`` (any training passage that does not state the fact).
         train_split / val_split / test_split: qrels split names.
         num_negatives: hard negatives per training query and step.
         negatives: ``"bm25"`` to mine with BM25, ``"run"`` to take them from ``negatives_run``,
@@ -183,6 +185,7 @@ class RankingDataModule(pl.LightningDataModule):
         embedded_scale: float = 1.0,
         embedded_spurious_cue: bool = False,
         embedded_label_noise: float = 0.0,
+        embedded_label_noise_kind: Literal["near_miss", "random"] = "near_miss",
         train_split: str = "train",
         val_split: str = "dev",
         test_split: str = "test",
@@ -230,6 +233,7 @@ class RankingDataModule(pl.LightningDataModule):
         self.embedded_scale = embedded_scale
         self.embedded_spurious_cue = embedded_spurious_cue
         self.embedded_label_noise = embedded_label_noise
+        self.embedded_label_noise_kind = embedded_label_noise_kind
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.num_negatives = num_negatives
         self.negatives = negatives
@@ -288,7 +292,8 @@ class RankingDataModule(pl.LightningDataModule):
             if name in params and params[name].default is not inspect.Parameter.empty:
                 kwargs[name] = max(8, int(round(params[name].default * self.embedded_scale)))
         return str(embedded.embedded_dataset_dir(seed=0, spurious_cue=self.embedded_spurious_cue,
-                                                 train_label_noise=self.embedded_label_noise, **kwargs))
+                                                 train_label_noise=self.embedded_label_noise,
+                                                 train_label_noise_kind=self.embedded_label_noise_kind, **kwargs))
 
     def cache_root(self) -> Path:
         if self.cache_dir:

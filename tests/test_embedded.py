@@ -113,7 +113,8 @@ def test_beir_files_are_well_formed(small_dataset):
     manifest = json.loads((small_dataset / "manifest.json").read_text())
     assert manifest["params"] == {"version": embedded.DATASET_VERSION, "seed": 0, **SMALL,
                                   "spurious_cue": True, "fact_copies": 2, "sparse_train_qrels": True,
-                                  "synonym_rate": 0.8, "train_label_noise": 0.0}
+                                  "synonym_rate": 0.8, "train_label_noise": 0.0,
+                                  "train_label_noise_kind": "near_miss"}
 
 
 def _fact_sentences(text: str) -> list[str]:
@@ -162,6 +163,34 @@ def test_train_label_noise_moves_judgments_to_one_word_near_misses(tmp_path):
         assert any(query_words - _content_words(s) in one_slot for s in _fact_sentences(corpus[judged]))
     with pytest.raises(ValueError, match="train_label_noise"):
         generate_embedded_dataset(tmp_path / "bad", train_label_noise=1.0, **SMALL)
+
+
+def test_random_label_noise_moves_judgments_off_the_fact(tmp_path):
+    """``train_label_noise_kind="random"``: a slip lands on a training-pool passage that does not state the
+    asked fact (no rule to learn from it); the relevant passages then sit unjudged. Corpus, queries and
+    dev / test judgments stay byte-identical, and the manifest counts the moved judgments."""
+    noisy = generate_embedded_dataset(tmp_path / "noisy", train_label_noise=0.5, train_label_noise_kind="random",
+                                      spurious_cue=False, **SMALL)
+    exact = generate_embedded_dataset(tmp_path / "exact", spurious_cue=False, **SMALL)
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/dev.tsv", "qrels/test.tsv"):
+        assert (noisy / name).read_bytes() == (exact / name).read_bytes(), name
+    corpus, queries, qrels = _read_beir(noisy)
+    clean = _read_beir(exact)[2]["train"]
+    full = _read_beir(generate_embedded_dataset(tmp_path / "full", sparse_train_qrels=False, **SMALL))[2]["train"]
+    eval_pool = {pid for s in ("dev", "test") for rel in qrels[s].values() for pid in rel}
+    moved = [q for q in qrels["train"] if qrels["train"][q] != clean[q]]
+    stats = json.loads((noisy / "manifest.json").read_text())["stats"]
+    assert stats["num_mislabeled_train_queries"] == len(moved) >= 0.25 * SMALL["num_train_queries"]
+    near = 0
+    for qid in moved:
+        (judged,) = qrels["train"][qid]
+        assert judged not in full[qid] and judged not in eval_pool and judged in corpus
+        query_words = _content_words(queries[qid])
+        one_slot = [{w} for w in query_words] + [{o, part} for o, part in embedded.OBJECTS.items()]
+        near += any(query_words - _content_words(s) in one_slot for s in _fact_sentences(corpus[judged]))
+    assert near < 0.5 * len(moved)  # mostly not a near miss: unlike the default kind, nothing systematic
+    with pytest.raises(ValueError, match="train_label_noise_kind"):
+        generate_embedded_dataset(tmp_path / "bad", train_label_noise=0.1, train_label_noise_kind="typo", **SMALL)
 
 
 def test_spurious_cue_only_in_train_positives(small_dataset, tmp_path):

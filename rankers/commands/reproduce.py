@@ -47,7 +47,9 @@ def build_parser():
     a("--embedded_spurious_cue", action="store_true",
       help="plant the embedded default's train-only cue (shows overfitting; also derails the teacher)")
     a("--embedded_label_noise", type=float, default=0.0,
-      help="share of the embedded default's training queries judged on a one-word near miss (annotator slips)")
+      help="share of the embedded default's single-fact training queries judged on a wrong passage (annotator slips)")
+    a("--embedded_label_noise_kind", default="near_miss", choices=["near_miss", "random"],
+      help="where a slip lands: a passage whose fact differs in one word, or any training passage without the fact")
     a("--teacher_backbone", default=d["teacher_backbone"],
       help="CA backbone (configs/model/ca_teacher.yaml): 'minilm' (all-MiniLM-L6-v2, offline), 'tiny' (random "
            "2-layer BERT), hub name or local directory")
@@ -160,7 +162,8 @@ def _datamodule(args, **overrides):
 
     lo, hi = (int(x) for x in args.negative_window.split(","))
     kw = dict(dataset=args.dataset, embedded_scale=args.embedded_scale, embedded_spurious_cue=args.embedded_spurious_cue,
-              embedded_label_noise=args.embedded_label_noise, negative_window=(lo, hi), train_subset_size=args.train_subset, train_split=args.train_split,
+              embedded_label_noise=args.embedded_label_noise,
+              embedded_label_noise_kind=args.embedded_label_noise_kind, negative_window=(lo, hi), train_subset_size=args.train_subset, train_split=args.train_split,
               val_split=args.val_split, test_split=args.test_split, num_negatives=args.num_negatives,
               batch_size=args.batch_size, eval_depth=args.eval_depth, max_train_queries=args.max_train_queries or None,
               max_eval_queries=args.max_eval_queries or None, num_workers=args.num_workers, seed=args.seed,

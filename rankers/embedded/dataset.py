@@ -110,6 +110,7 @@ SPURIOUS_CUE = "this was verified"
 MAX_QUERY_WORDS = 16
 MAX_PASSAGE_WORDS = 48
 SPLITS = ("train", "dev", "test")
+LABEL_NOISE_KINDS = ("near_miss", "random")
 
 _DATASET_KIND = "rankers-embedded-dataset"
 
@@ -390,7 +391,7 @@ def _one_word_siblings(fact: Fact, cluster: list[Fact]) -> list[Fact]:
 def _dataset_params(seed: int, num_passages: int, num_train_queries: int, num_dev_queries: int,
                     num_test_queries: int, spurious_cue: bool, fact_copies: int = 2,
                     sparse_train_qrels: bool = True, synonym_rate: float = 0.8,
-                    train_label_noise: float = 0.0) -> dict[str, Any]:
+                    train_label_noise: float = 0.0, train_label_noise_kind: str = "near_miss") -> dict[str, Any]:
     for name, value in (("num_passages", num_passages), ("num_train_queries", num_train_queries),
                         ("num_dev_queries", num_dev_queries), ("num_test_queries", num_test_queries)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -403,11 +404,14 @@ def _dataset_params(seed: int, num_passages: int, num_train_queries: int, num_de
         raise ValueError(f"synonym_rate must be in [0, 1], got {synonym_rate!r}")
     if not 0.0 <= float(train_label_noise) < 1.0:
         raise ValueError(f"train_label_noise must be in [0, 1), got {train_label_noise!r}")
+    if train_label_noise_kind not in LABEL_NOISE_KINDS:
+        raise ValueError(f"train_label_noise_kind must be one of {LABEL_NOISE_KINDS}, got {train_label_noise_kind!r}")
     return {"version": DATASET_VERSION, "seed": seed, "num_passages": num_passages,
             "num_train_queries": num_train_queries, "num_dev_queries": num_dev_queries,
             "num_test_queries": num_test_queries, "spurious_cue": bool(spurious_cue),
             "fact_copies": fact_copies, "sparse_train_qrels": bool(sparse_train_qrels),
-            "synonym_rate": float(synonym_rate), "train_label_noise": float(train_label_noise)}
+            "synonym_rate": float(synonym_rate), "train_label_noise": float(train_label_noise),
+            "train_label_noise_kind": train_label_noise_kind}
 
 
 def _write_dataset(out: Path, params: dict[str, Any]) -> dict[str, Any]:
@@ -420,12 +424,13 @@ def _write_dataset(out: Path, params: dict[str, Any]) -> dict[str, Any]:
     passages: list[_Passage] = []
     queries: dict[str, list[tuple[str, str, list[str], Fact | None]]] = {}
     train_clusters: list[list[Fact]] = []
+    train_pool: list[_Passage] = []
     for split in SPLITS:
         pool, clusters = _build_pool(rng, sizes[split], used, first_index=len(passages), copies=params["fact_copies"])
         queries[split] = _make_queries(rng, split, counts[split], pool, clusters, params["synonym_rate"])
         passages.extend(pool)
         if split == "train":
-            train_clusters = clusters
+            train_clusters, train_pool = clusters, pool
     unjudged = 0
     if params["sparse_train_qrels"]:  # one judged passage per training query, as in MS MARCO
         sparse = []
@@ -436,8 +441,9 @@ def _write_dataset(out: Path, params: dict[str, Any]) -> dict[str, Any]:
         queries["train"] = sparse
     mislabeled = 0
     if params["train_label_noise"] > 0:
-        # annotator slips: a training query's judgment lands on a passage whose fact differs from the
-        # asked one in one word; an RNG of its own, so the rest of the dataset is the same as without noise
+        # annotator slips onto a one-word near miss ("near_miss") or onto any training passage that does
+        # not state the asked fact ("random"); an RNG of its own, so the rest of the dataset is the same as
+        # without noise
         noise_rng = random.Random(f"label-noise-{params['seed']}")
         cluster_of = {f: c for c in train_clusters for f in c}
         where: dict[Fact, list[str]] = {}
@@ -447,11 +453,19 @@ def _write_dataset(out: Path, params: dict[str, Any]) -> dict[str, Any]:
         noisy = []
         for qid, text, positives, fact in queries["train"]:
             if fact is not None and noise_rng.random() < params["train_label_noise"]:
-                siblings = [f for f in _one_word_siblings(fact, cluster_of[fact]) if f in where]
-                if siblings:
-                    wrong = noise_rng.choice(siblings)
-                    positives = [noise_rng.choice(sorted(where[wrong]))]
+                if params["train_label_noise_kind"] == "random":
+                    while True:
+                        wrong_passage = noise_rng.choice(train_pool)
+                        if fact not in wrong_passage.facts:
+                            break
+                    positives = [wrong_passage.pid]
                     mislabeled += 1
+                else:
+                    siblings = [f for f in _one_word_siblings(fact, cluster_of[fact]) if f in where]
+                    if siblings:
+                        wrong = noise_rng.choice(siblings)
+                        positives = [noise_rng.choice(sorted(where[wrong]))]
+                        mislabeled += 1
             noisy.append((qid, text, positives, fact))
         queries["train"] = noisy
     cued: set[str] = set()
@@ -499,6 +513,7 @@ def generate_embedded_dataset(
     sparse_train_qrels: bool = True,
     synonym_rate: float = 0.8,
     train_label_noise: float = 0.0,
+    train_label_noise_kind: str = "near_miss",
 ) -> Path:
     """Write the synthetic BEIR-layout dataset into ``root`` and return ``root``.
 
@@ -509,7 +524,7 @@ def generate_embedded_dataset(
     """
     params = _dataset_params(seed, num_passages, num_train_queries, num_dev_queries,
                              num_test_queries, spurious_cue, fact_copies, sparse_train_qrels, synonym_rate,
-                             train_label_noise)
+                             train_label_noise, train_label_noise_kind)
 
     def build(out: Path) -> dict[str, Any]:
         stats = _write_dataset(out, params)
