@@ -124,3 +124,33 @@ def test_a_piped_training_run_has_no_carriage_returns_and_no_known_noise(tmp_pat
     assert "val/rerank: mrr@10=" in log  # the metrics still reach the log, one line each
     assert "Params" not in log and "Trainable params" not in log  # no model-summary table off a terminal
     assert f"[rankers.cli] outputs: run directory {tmp_path / 'run'}; best checkpoint {tmp_path / 'run'}" in log
+
+
+def test_out_of_memory_while_encoding_is_one_line_naming_the_batch(tmp_path, monkeypatch, capsys):
+    """An OOM inside the encoder (the real CLI entry, in process: a CPU cannot be made to run out of GPU
+    memory on cue) ends with one ``rankers: error:`` line naming the batch and the knob, exit status 1."""
+    import lightning.pytorch as pl
+    import torch
+
+    from rankers.cli import entry
+    from rankers.models.dual_encoder import DualEncoderRanker
+
+    ckpt = tmp_path / "de.ckpt"
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
+    trainer.strategy.connect(DualEncoderRanker(backbone="embedded"))
+    trainer.save_checkpoint(ckpt)
+
+    def out_of_memory(self, inputs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.1 GiB total)")
+
+    monkeypatch.setenv("RANKERS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RANKERS_TRACEBACK", raising=False)
+    monkeypatch.setattr(DualEncoderRanker, "encode_passage_inputs", out_of_memory)
+    with pytest.raises(SystemExit) as exit_info:
+        entry(["index", "--ckpt_path", str(ckpt), "--data.dataset", "embedded", "--data.embedded_scale", "0.1",
+               "--batch_size", "32", "--output", str(tmp_path / "index")])
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("rankers: error: out of memory on cpu encoding passages 1-32 of 300"), lines[-1]
+    assert "lower the encoding batch size (now 32" in lines[-1]
+    assert not any("Traceback" in line for line in lines)

@@ -67,6 +67,10 @@ def _text_reader(texts: Sequence[str]) -> tuple[np.ndarray, Callable[[list[int]]
     return lengths, lambda idx: [texts[i] for i in idx]
 
 
+class EncodingOutOfMemoryError(MemoryError):
+    """Out of memory while encoding a batch of texts; the message names the batch and what to lower."""
+
+
 @torch.inference_mode()
 def encode_texts(
     model,
@@ -93,7 +97,14 @@ def encode_texts(
     for start in tqdm(starts, desc=desc or f"encode {side}s", disable=None if progress else True, leave=False):  # disable=None: a terminal only
         idx = order[start : start + batch_size]
         inputs = model.tokenize(read(idx.tolist()), side)
-        emb = encode({k: v.to(device, non_blocking=True) for k, v in inputs.items()}).to("cpu", dtype)
+        try:
+            emb = encode({k: v.to(device, non_blocking=True) for k, v in inputs.items()}).to("cpu", dtype)
+        except (torch.OutOfMemoryError, MemoryError) as err:
+            raise EncodingOutOfMemoryError(
+                f"out of memory on {device} encoding {side}s {start + 1}-{start + len(idx)} of {len(order)} "
+                f"(a batch of {len(idx)} texts, {inputs['input_ids'].shape[-1]} tokens each after padding): "
+                f"lower the encoding batch size (now {batch_size}: --batch_size of index / search / mine, "
+                f"the RetrievalEvaluator callback's encode_batch_size while training)") from err
         if out is None:
             out = torch.empty(len(order), emb.shape[1], dtype=dtype)
         out[torch.from_numpy(idx)] = emb
