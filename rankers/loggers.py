@@ -21,6 +21,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter as _LightningExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 
 log = logging.getLogger(__name__)
@@ -107,3 +109,26 @@ class CSVLogger(_LightningCSVLogger):
 
     def __init__(self, save_dir: str | None = None, name: str = "", version: int | str | None = "", **kwargs) -> None:
         super().__init__(save_dir if save_dir is not None else ".", name=name, version=version, **kwargs)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _LightningExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _RunDirectoryWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _RunDirectoryWriter(_LightningExperimentWriter):
+    """Lightning's CSV writer for a log directory that is the run directory.
+
+    Lightning warns "Experiment logs directory ... exists and is not empty. Previous log files ... will be
+    deleted" whenever the directory holds anything, which the run directory always does (``wandb/``,
+    ``checkpoints/``, ``runs/``), and then removes only ``metrics.csv``. This writer says so only when there is
+    an earlier ``metrics.csv`` to replace, naming it.
+    """
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            log.warning("%s: replacing the metrics file of an earlier run in this directory", self.metrics_file_path)
+            self._fs.rm_file(self.metrics_file_path)

@@ -119,7 +119,7 @@ def test_a_piped_training_run_has_no_carriage_returns_and_no_known_noise(tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "\r" not in log
-    for noise in ("LightningCLI's args parameter", "litlogger", "LeafSpec", "💡"):
+    for noise in ("LightningCLI's args parameter", "litlogger", "LeafSpec", "💡", "exists and is not empty"):
         assert noise not in log, noise
     assert "val/rerank: mrr@10=" in log  # the metrics still reach the log, one line each
     assert "Params" not in log and "Trainable params" not in log  # no model-summary table off a terminal
@@ -154,3 +154,28 @@ def test_out_of_memory_while_encoding_is_one_line_naming_the_batch(tmp_path, mon
     assert lines[-1].startswith("rankers: error: out of memory on cpu encoding passages 1-32 of 300"), lines[-1]
     assert "lower the encoding batch size (now 32" in lines[-1]
     assert not any("Traceback" in line for line in lines)
+
+
+def test_the_csv_logger_warns_only_when_it_replaces_an_earlier_metrics_file(tmp_path, caplog):
+    """The run directory always holds other things (wandb/, checkpoints/): Lightning's "exists and is not empty"
+    warning is gone; replacing an earlier metrics.csv is still said, with the file named."""
+    import logging
+    import warnings
+
+    from rankers.loggers import CSVLogger
+
+    (tmp_path / "wandb").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning's warning would raise here
+        with caplog.at_level(logging.WARNING, logger="rankers.loggers"):
+            logger = CSVLogger(str(tmp_path))
+            logger.log_metrics({"a": 1.0}, step=0)
+            logger.save()
+    assert not caplog.records and (tmp_path / "metrics.csv").is_file() and (tmp_path / "wandb").is_dir()
+    with caplog.at_level(logging.WARNING, logger="rankers.loggers"):
+        again = CSVLogger(str(tmp_path))
+        again.log_metrics({"b": 2.0}, step=0)
+        again.save()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'metrics.csv'}: replacing the metrics file of an earlier run in this directory"]
+    assert "b" in (tmp_path / "metrics.csv").read_text().splitlines()[0]

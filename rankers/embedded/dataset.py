@@ -78,7 +78,15 @@ on distillation"): a teacher that learns the rule despite the noise passes on cl
 labels. It does not hold here: with ``train_label_noise=0.5`` (549 of the 2000 training queries mislabelled)
 the MiniLM CA teacher of ``reproduce --embedded_label_noise 0.5`` learns the slips along with the rule --
 val re-rank MRR@10 0.45 against 0.61 on clean labels, test 0.50 against 0.71, below the BM25 order (0.51)
-(2026-12-02, Intel Xeon, 2 cores), so there is no better teacher to distil. The knob stays for experiments.
+(2026-12-02, Intel Xeon, 2 cores), so there is no better teacher to distil. ``train_label_noise_kind="random"``
+puts the slip on any training passage that does not state the asked fact instead, so there is no rule to learn
+from it, only noise -- the case of Menon et al.'s "statistical perspective": a teacher's probabilities are a
+lower-variance target than noisy one-hot labels. It does not hold here either: with 0.3 (476 of the 2000
+training queries) the single-pass MiniLM CA of ``reproduce --max_train_queries 0 --teacher_epochs 1
+--embedded_label_noise 0.3 --embedded_label_noise_kind random`` never leaves the ln(8) plateau in its 250 steps
+(loss 2.04 at the start, 2.06 at the end; val 0.240, test 0.244, train subset 0.149 against 0.754 on clean
+labels; 2026-12-03, AMD EPYC without AVX-512, 2 cores): the CA teacher, not the dual encoder, is the model
+the noise breaks. Both kinds stay for experiments, off by default.
 
 Length limits: queries have at most :data:`MAX_QUERY_WORDS` words and passages at most
 :data:`MAX_PASSAGE_WORDS` words, so a ``[CLS] q [SEP] p [SEP]`` pair fits in 64 word pieces.
