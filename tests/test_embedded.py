@@ -139,11 +139,10 @@ def test_training_judgments_are_sparse_and_eval_judgments_complete(small_dataset
     assert json.loads((single / "manifest.json").read_text())["stats"]["num_unjudged_train_positives"] == 0
 
 
-def test_train_label_noise_moves_judgments_to_one_word_near_misses(tmp_path):
-    """With ``train_label_noise`` some training judgments land on a passage whose fact differs from the
-    query's in one word (an annotator's slip); everything else -- corpus, queries, dev / test qrels -- is
-    byte-identical to the noise-free dataset, and the count is recorded in the manifest."""
-    noisy = generate_embedded_dataset(tmp_path / "noisy", train_label_noise=0.5, spurious_cue=False, **SMALL)
+def _noisy_against_clean(tmp_path, **noise):
+    """A noisy dataset checked byte-identical to the clean one outside the training qrels; returns (corpus,
+    queries, qrels, the full training qrels, the moved query ids), with the manifest's count checked."""
+    noisy = generate_embedded_dataset(tmp_path / "noisy", spurious_cue=False, **noise, **SMALL)
     exact = generate_embedded_dataset(tmp_path / "exact", spurious_cue=False, **SMALL)
     for name in ("corpus.jsonl", "queries.jsonl", "qrels/dev.tsv", "qrels/test.tsv"):
         assert (noisy / name).read_bytes() == (exact / name).read_bytes(), name
@@ -151,8 +150,16 @@ def test_train_label_noise_moves_judgments_to_one_word_near_misses(tmp_path):
     clean = _read_beir(exact)[2]["train"]
     full = _read_beir(generate_embedded_dataset(tmp_path / "full", sparse_train_qrels=False, **SMALL))[2]["train"]
     moved = [q for q in qrels["train"] if qrels["train"][q] != clean[q]]
-    stats = json.loads((noisy / "manifest.json").read_text())["stats"]
-    assert stats["num_mislabeled_train_queries"] == len(moved) >= 0.1 * SMALL["num_train_queries"]
+    assert json.loads((noisy / "manifest.json").read_text())["stats"]["num_mislabeled_train_queries"] == len(moved)
+    return corpus, queries, qrels, full, moved
+
+
+def test_train_label_noise_moves_judgments_to_one_word_near_misses(tmp_path):
+    """With ``train_label_noise`` some training judgments land on a passage whose fact differs from the
+    query's in one word (an annotator's slip); everything else -- corpus, queries, dev / test qrels -- is
+    byte-identical to the noise-free dataset, and the count is recorded in the manifest."""
+    corpus, queries, qrels, full, moved = _noisy_against_clean(tmp_path, train_label_noise=0.5)
+    assert len(moved) >= 0.1 * SMALL["num_train_queries"]
     for qid in moved:
         (judged,) = qrels["train"][qid]
         assert judged not in full[qid]  # the judgment is wrong ...
@@ -169,18 +176,10 @@ def test_random_label_noise_moves_judgments_off_the_fact(tmp_path):
     """``train_label_noise_kind="random"``: a slip lands on a training-pool passage that does not state the
     asked fact (no rule to learn from it); the relevant passages then sit unjudged. Corpus, queries and
     dev / test judgments stay byte-identical, and the manifest counts the moved judgments."""
-    noisy = generate_embedded_dataset(tmp_path / "noisy", train_label_noise=0.5, train_label_noise_kind="random",
-                                      spurious_cue=False, **SMALL)
-    exact = generate_embedded_dataset(tmp_path / "exact", spurious_cue=False, **SMALL)
-    for name in ("corpus.jsonl", "queries.jsonl", "qrels/dev.tsv", "qrels/test.tsv"):
-        assert (noisy / name).read_bytes() == (exact / name).read_bytes(), name
-    corpus, queries, qrels = _read_beir(noisy)
-    clean = _read_beir(exact)[2]["train"]
-    full = _read_beir(generate_embedded_dataset(tmp_path / "full", sparse_train_qrels=False, **SMALL))[2]["train"]
+    corpus, queries, qrels, full, moved = _noisy_against_clean(tmp_path, train_label_noise=0.5,
+                                                               train_label_noise_kind="random")
     eval_pool = {pid for s in ("dev", "test") for rel in qrels[s].values() for pid in rel}
-    moved = [q for q in qrels["train"] if qrels["train"][q] != clean[q]]
-    stats = json.loads((noisy / "manifest.json").read_text())["stats"]
-    assert stats["num_mislabeled_train_queries"] == len(moved) >= 0.25 * SMALL["num_train_queries"]
+    assert len(moved) >= 0.25 * SMALL["num_train_queries"]
     near = 0
     for qid in moved:
         (judged,) = qrels["train"][qid]
