@@ -18,7 +18,9 @@ and writes:
 * **Cross-attention** -- an ``AutoModelForSequenceClassification`` (one label) directory whose
   ``config.json`` tells ``CrossEncoder(DIR)`` to apply the identity (raw logits, like
   :meth:`CrossAttentionRanker.score`) instead of its default sigmoid; the tokenizer's
-  ``model_max_length`` is the ranker's ``max_length``.
+  ``model_max_length`` is the ranker's ``max_length``. A CA with ``pooling="segments"`` (a cosine of the pair's
+  two mean-pooled segments) has no such class: its directory holds the encoder (``AutoModel``) and tokenizer,
+  and its score scale is in ``rankers_config.json``; rankers loads it back, ``CrossEncoder`` cannot.
 
 Both carry ``rankers_config.json`` (what rankers needs to rebuild the module: pooling, similarity,
 temperature, lengths, hyper-parameters). Scores are ``similarity / temperature`` (DE) and ``logit``
@@ -136,14 +138,18 @@ def _export_cross_attention(model, directory: Path) -> dict[str, Any]:
     tokenizer = copy.deepcopy(model.tokenizer)
     tokenizer.model_max_length = model.max_length  # CrossEncoder truncates pairs to it
     tokenizer.save_pretrained(directory)
+    exported = {"ranker": CROSS_ATTENTION, "class_path": "rankers.CrossAttentionRanker", "max_length": model.max_length,
+                "temperature": float(model.temperature), "activation": "identity", "pooling": model.pooling}
+    if model.pooling == "segments":  # an encoder plus one scalar: rankers' own format, not a CrossEncoder
+        exported["segment_scale"] = float(model.segment_scale.detach())
+        return exported
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text())
     # CrossEncoder applies a sigmoid to a one-label model unless told otherwise: raw logits, like rankers.
     config["sentence_transformers"] = {"activation_fn": _IDENTITY}
     config["sbert_ce_default_activation_function"] = _IDENTITY  # the key sentence-transformers < 4 reads
     _write_json(config_path, config)
-    return {"ranker": CROSS_ATTENTION, "class_path": "rankers.CrossAttentionRanker", "max_length": model.max_length,
-            "temperature": float(model.temperature), "activation": "identity"}
+    return exported
 
 
 def export_model(model, output: str | Path, *, source: str | None = None, overwrite: bool = False) -> Path:
@@ -219,8 +225,12 @@ def load_exported(directory: str | Path):
     directory = Path(directory)
     config = read_export_config(directory)
     if config["ranker"] == CROSS_ATTENTION:
-        return CrossAttentionRanker(backbone=str(directory), max_length=config["max_length"],
-                                    temperature=config["temperature"]).eval()
+        model = CrossAttentionRanker(backbone=str(directory), max_length=config["max_length"],
+                                     temperature=config["temperature"], pooling=config.get("pooling", "cls"))
+        if model.pooling == "segments":
+            with torch.no_grad():
+                model.segment_scale.fill_(float(config["segment_scale"]))
+        return model.eval()
     query_dir, passage_dir = (directory / config["towers"][side] for side in ("query", "passage"))
     model = DualEncoderRanker(
         backbone=str(query_dir), shared_towers=config["shared_towers"], pooling=config["pooling"],

@@ -174,3 +174,16 @@ def test_truncated_student_exports_and_reloads_as_the_truncated_model(tmp_path, 
             assert encoder.config.num_hidden_layers == 1 and len(encoder.encoder.layer) == 1, source
         _assert_close(reloaded.encode_passages(PASSAGES), expected["passage"], atol=1e-5)
         _assert_close(reloaded.encode_queries(QUERIES), expected["query"], atol=1e-5)
+
+
+def test_segment_pooled_ca_exports_and_reloads_with_its_scale(tmp_path):
+    """pooling='segments': the encoder, the tokenizer and the learned score scale round-trip through export."""
+    pl.seed_everything(0)
+    ca = CrossAttentionRanker(backbone="embedded", max_length=40, pooling="segments").eval()
+    with torch.no_grad():
+        ca.segment_scale.fill_(7.5)
+    out = main(["export", "--ckpt_path", str(save_checkpoint(ca, tmp_path / "ca.ckpt")), "--output", str(tmp_path / "ca")])
+    queries, passages = [QUERIES[0]] * 3 + [QUERIES[1]] * 3, PASSAGES * 2
+    reloaded = load_ranker(out).module
+    assert reloaded.pooling == "segments" and float(reloaded.segment_scale.detach()) == 7.5
+    _assert_close(reloaded.score(queries, passages), ca.score(queries, passages), atol=1e-5)

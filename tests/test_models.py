@@ -272,3 +272,29 @@ def test_loss_terms_reject_bad_settings():
         DualEncoderRanker(backbone="embedded", losses=[])
     with pytest.raises(ValueError, match="no loss term uses a teacher"):
         DualEncoderRanker(backbone="embedded", losses=[LabelLoss()], teacher_checkpoint="ca.ckpt")
+
+
+def test_segment_pooled_ca_scores_the_cosine_of_its_two_mean_pooled_segments():
+    """pooling='segments': scale * cos(mean over [CLS] q [SEP], mean over p [SEP]) of the jointly encoded pair,
+    recomputed here by hand from the encoder's hidden states and the token types; the BERT pooler is frozen
+    (it never reaches the score, and DDP refuses parameters without gradients)."""
+    import torch.nn.functional as F
+
+    from rankers.models.cross_encoder import CrossAttentionRanker
+
+    torch.manual_seed(0)
+    ca = CrossAttentionRanker(backbone="tiny", max_length=32, pooling="segments", segment_temperature=0.1).eval()
+    assert float(ca.segment_scale.detach()) == pytest.approx(10.0)
+    queries, passages = ["red box", "the cat chased"], ["the red box has a blue lid", "a dog"]
+    expected = []
+    for q, p in zip(queries, passages):
+        inputs = ca.tokenizer(q, p, return_tensors="pt")
+        with torch.no_grad():
+            hidden = ca.model(**inputs).last_hidden_state[0]
+        types = inputs["token_type_ids"][0].bool()
+        expected.append(10.0 * F.cosine_similarity(hidden[~types].mean(0), hidden[types].mean(0), dim=0))
+    assert torch.allclose(ca.score(queries, passages), torch.stack(expected), atol=1e-5)
+    frozen = [n for n, p in ca.named_parameters() if not p.requires_grad]
+    assert frozen and all(".pooler." in n for n in frozen)
+    with pytest.raises(ValueError, match="pooling must be 'cls' or 'segments'"):
+        CrossAttentionRanker(backbone="tiny", pooling="mean")

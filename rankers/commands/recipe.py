@@ -65,6 +65,7 @@ def recipe_defaults() -> dict[str, Any]:
                          "max_length differ; reproduce uses one length for both")
     return {
         "teacher_backbone": teacher["backbone"], "teacher_lr": teacher["lr"], "teacher_head_lr": teacher["head_lr"],
+        "teacher_pooling": teacher.get("pooling", "cls"),
         "max_length": teacher["max_length"], "teacher_epochs": teacher_entry["trainer"]["max_epochs"],
         "teacher_num_negatives": teacher_data["num_negatives"],
         "student_backbone": labels["backbone"], "pooling": labels["pooling"], "similarity": labels["similarity"],

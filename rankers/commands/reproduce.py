@@ -89,6 +89,9 @@ def build_parser():
     a("--student_epochs", type=int, default=d["student_epochs"],
       help="(configs/de_distill.yaml trainer.max_epochs)")
     a("--teacher_lr", type=float, default=d["teacher_lr"], help="(configs/model/ca_teacher.yaml)")
+    a("--teacher_pooling", default=d["teacher_pooling"], choices=["cls", "segments"],
+      help="the CA's head (configs/model/ca_teacher.yaml): a classifier on [CLS], or the cosine of the pair's "
+           "mean-pooled query and passage segments (starts from a sentence-embedding checkpoint's own similarity)")
     a("--teacher_head_lr", type=float, default=d["teacher_head_lr"],
       help="learning rate of the CA's fresh scoring head (configs/model/ca_teacher.yaml)")
     a("--student_lr", type=float, default=d["student_lr"], help="(configs/model/de_labels.yaml)")
@@ -345,7 +348,8 @@ def teacher_init_args(args) -> dict[str, Any]:
     from rankers.commands.recipe import model_init_args
 
     return {**model_init_args("model/ca_teacher.yaml"), "backbone": args.teacher_backbone,
-            "max_length": args.max_length, "lr": args.teacher_lr, "head_lr": args.teacher_head_lr}
+            "max_length": args.max_length, "lr": args.teacher_lr, "head_lr": args.teacher_head_lr,
+            "pooling": args.teacher_pooling}
 
 
 def student_init_args(args, loss: str | None) -> dict[str, Any]:
