@@ -43,6 +43,8 @@ LOSS_RUNS = {  # name -> DualEncoderRanker overrides
     "label_gathered": {},
     "label_local": {"gather_negatives": False},
     "label_and_m3se": {"label_weight": 0.5, "distillation_loss": "m3se"},
+    # KL over the gathered in-batch passages (teacher mass on each query's own candidates only)
+    "kl_in_batch": {"label_weight": 0.0, "distillation_loss": "kl_in_batch"},
     # gradient caching (2 texts per chunk) under DDP: gathered in-batch negatives, re-encoding in backward
     "grad_cache": {"label_weight": 0.5, "distillation_loss": "m3se", "grad_cache_chunk_size": 2},
 }
@@ -386,7 +388,7 @@ def _relative_difference(a, b) -> float:
     return (torch.cat(flat).norm() / torch.cat([g.reshape(-1) for g in b.values()]).norm()).item()
 
 
-@pytest.mark.parametrize("name", ["label_gathered", "label_and_m3se", "grad_cache"])
+@pytest.mark.parametrize("name", ["label_gathered", "label_and_m3se", "kl_in_batch", "grad_cache"])
 def test_two_processes_give_the_loss_and_gradients_of_one_process_on_the_global_batch(ddp_out, name):
     examples = json.loads((ddp_out / "loss_examples.json").read_text())
     loss, grads = _one_process(name, examples, [0, 1, 2, 3, 4])

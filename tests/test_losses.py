@@ -409,3 +409,56 @@ def test_integer_grades_are_labels():
     s, t, y = tensors()
     grades = torch.tensor([[2, 0, 0, 0], [0, 1, 3, 0]])
     assert m3se(s, t, grades).item() == pytest.approx(m3se(s, t, y).item())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# in-batch softmax distillation
+
+
+def test_in_batch_softmax_kl_by_hand():
+    from rankers.losses import in_batch_softmax_kl
+
+    # two queries, four in-batch passages; query 0 owns columns 0-1, query 1 owns 2-3; column 1 of query 1 masked
+    student = torch.tensor([[1.0, 0.0, 2.0, -1.0], [0.5, 0.0, 1.0, 3.0]])
+    teacher = torch.tensor([[2.0, 1.0, 9.0, 9.0], [9.0, 9.0, 0.0, 1.0]])  # off-support entries must not matter
+    support = torch.tensor([[True, True, False, False], [False, False, True, True]])
+    mask = torch.tensor([[True, True, True, True], [True, False, True, True]])
+    total = 0.0
+    for s_row, t_row, own, valid in zip(student.tolist(), teacher.tolist(), support.tolist(), mask.tolist()):
+        p = py_softmax([t for t, o in zip(t_row, own) if o])
+        z = sum(math.exp(s) for s, v in zip(s_row, valid) if v)
+        q = [math.exp(s) / z for s, o in zip(s_row, own) if o]
+        total += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
+    assert in_batch_softmax_kl(student, teacher, support, mask).item() == pytest.approx(total / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_in_batch_softmax_kl_is_softmax_kl_without_other_passages(temperature):
+    from rankers.losses import in_batch_softmax_kl
+
+    s, t, y = tensors()
+    own = torch.ones_like(y, dtype=torch.bool)
+    expected = softmax_kl(s, t, y, temperature=temperature)
+    assert in_batch_softmax_kl(s, t, own, own, temperature=temperature).item() == pytest.approx(expected.item())
+
+
+def test_in_batch_softmax_kl_with_one_hot_teacher_is_the_in_batch_label_loss():
+    from rankers.losses import in_batch_softmax_kl
+
+    student = torch.tensor([[1.0, 0.0, 2.0, -1.0], [0.5, 0.0, 1.0, 3.0]], requires_grad=True)
+    support = torch.tensor([[True, True, False, False], [False, False, True, True]])
+    positive = torch.tensor([[True, False, False, False], [False, False, False, True]])
+    teacher = torch.where(positive, torch.tensor(60.0), torch.tensor(0.0))  # softmax is one-hot to 1e-26
+    mask = torch.ones_like(support)
+    got = in_batch_softmax_kl(student, teacher, support, mask)
+    torch.testing.assert_close(got, one_hot_ce(student, None, positive, mask))
+    got.backward()
+    assert student.grad[0, 2] > 0 and student.grad[1, 0] > 0  # the other query's passages are pushed down
+
+
+def test_in_batch_softmax_kl_rejects_a_misshaped_support():
+    from rankers.losses import in_batch_softmax_kl
+
+    s, t, y = tensors()
+    with pytest.raises(ValueError, match="in_batch_softmax_kl: `support` must have the student's shape"):
+        in_batch_softmax_kl(s, t, y[:, :2], torch.ones_like(y, dtype=torch.bool))

@@ -263,6 +263,36 @@ def test_de_loss_is_the_weighted_sum_of_its_loss_terms(de):
     assert [type(t).__name__ for t in flat.losses] == ["DistillationLoss"] and flat.losses[0].name == "m3se"
 
 
+def test_in_batch_kl_runs_over_the_batch_and_masks_copies_of_own_candidates(de):
+    """``distillation_loss="kl_in_batch"``: each query's student softmax runs over the batch's passages but
+    not over second copies of its own candidates: flat passages a b c | b a <pad>; q1 owns a b c (the copies b, a
+    of q2's list are masked), q2 owns b a and also sees c."""
+    import math
+
+    student = DualEncoderRanker(backbone="embedded", passage_max_length=32, label_weight=0.0,
+                                distillation_loss="kl_in_batch")
+    student.load_state_dict(de.state_dict())
+    assert [type(t).__name__ for t in student.losses] == ["InBatchDistillationLoss"]
+    batch = student.collator()(_examples(teacher=True))
+    loss, parts = student.eval().listwise_loss(batch)
+    with torch.no_grad():
+        q = de.encode_query_inputs(batch.query_inputs)
+        p = de.encode_passage_inputs(batch.passage_inputs)
+    scores = (q @ p.T).tolist()
+    teacher = [[3.0, 1.0, -2.0], [2.5, 0.5]]
+    expected = 0.0
+    for row, own, visible, t in ((scores[0], [0, 1, 2], [0, 1, 2], teacher[0]),
+                                 (scores[1], [3, 4], [2, 3, 4], teacher[1])):
+        z_t = sum(math.exp(x) for x in t)
+        z_s = sum(math.exp(row[j]) for j in visible)
+        expected += sum(math.exp(x) / z_t * (x - math.log(z_t) - row[j] + math.log(z_s)) for x, j in zip(t, own))
+    assert parts["distill_loss"].item() == pytest.approx(expected / 2, rel=1e-4)
+    assert loss.item() == pytest.approx(expected / 2, rel=1e-4)
+    own_only = softmax_kl(torch.tensor([scores[0][:3], scores[1][3:5] + [0.0]]), batch.teacher_scores,
+                          batch.labels > 0, batch.mask)
+    assert abs(parts["distill_loss"].item() - own_only.item()) > 1e-4  # q2's extra passage c counts
+
+
 def test_loss_terms_reject_bad_settings():
     with pytest.raises(ValueError, match="unknown distillation loss 'm4se'; valid names: kl, m3se"):
         DistillationLoss("m4se")

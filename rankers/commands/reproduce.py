@@ -63,8 +63,9 @@ def build_parser():
       help="DE similarity (configs/model/de_labels.yaml; all-MiniLM-L6-v2 was trained with cosine / 0.05)")
     a("--temperature", type=float, default=d["temperature"], help="DE scores are similarity / temperature")
     a("--losses", default=d["losses"],
-      help="comma-separated distillation losses: m3se,margin_mse,kl,softmax_ce,mse,rankdistil "
-           "(default: configs/model/de_distill.yaml's)")
+      help="comma-separated distillation losses: m3se,margin_mse,kl,softmax_ce,mse,rankdistil over each query's own "
+           "candidates, or kl_in_batch (the student's softmax over the batch's passages, the teacher's mass on the "
+           "own candidates) (default: configs/model/de_distill.yaml's)")
     a("--label_weight", type=float, default=d["label_weight"],
       help="weight of the one-hot label loss mixed into distillation (configs/model/de_distill.yaml)")
     a("--distillation_temperature", type=float, default=None,

@@ -28,8 +28,9 @@ from .margin_mse import margin_mse
 from .one_hot_ce import one_hot_ce
 from .pointwise_mse import pointwise_mse
 from .rankdistil import rankdistil_pairwise
+from .in_batch_kl import in_batch_softmax_kl
 from .softmax_kl import softmax_ce, softmax_kl
-from .terms import DistillationLoss, LabelLoss, LossInputs, LossTerm, losses_from
+from .terms import DistillationLoss, InBatchDistillationLoss, LabelLoss, LossInputs, LossTerm, losses_from
 
 DistillationKernel = Callable[..., Tensor]
 
@@ -57,7 +58,8 @@ def get_distillation_loss(name: str, **hyperparameters: Any) -> DistillationKern
         loss = DISTILLATION_LOSSES[name]
     except (KeyError, TypeError):
         valid = ", ".join(sorted(DISTILLATION_LOSSES))
-        raise ValueError(f"unknown distillation loss {name!r}; valid names: {valid}") from None
+        raise ValueError(f"unknown distillation loss {name!r}; valid names: {valid} (and, as a model's "
+                         "distillation_loss, kl_in_batch: InBatchDistillationLoss)") from None
     if not hyperparameters:
         return loss
     accepted = [p for p in inspect.signature(loss).parameters if p not in _COMMON_ARGS]
@@ -74,11 +76,13 @@ __all__ = [
     "DISTILLATION_LOSSES",
     "DistillationKernel",
     "DistillationLoss",
+    "InBatchDistillationLoss",
     "LabelLoss",
     "LossInputs",
     "LossTerm",
     "losses_from",
     "get_distillation_loss",
+    "in_batch_softmax_kl",
     "m3se",
     "margin_mse",
     "one_hot_ce",

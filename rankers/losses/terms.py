@@ -25,13 +25,32 @@ needs to weight it under DDP (:func:`rankers.distributed.rank_weights`).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, NamedTuple
 
+import torch
 from torch import Tensor
 
+from .in_batch_kl import in_batch_softmax_kl
 from .one_hot_ce import one_hot_ce
 
-__all__ = ["LossInputs", "LossTerm", "LabelLoss", "DistillationLoss", "losses_from"]
+__all__ = ["InBatchScores", "LossInputs", "LossTerm", "LabelLoss", "DistillationLoss", "InBatchDistillationLoss",
+           "losses_from"]
+
+#: The flat-argument name (``distillation_loss``, ``reproduce --losses``) of :class:`InBatchDistillationLoss`.
+IN_BATCH_KL = "kl_in_batch"
+
+
+class InBatchScores(NamedTuple):
+    """Each query against every passage of the batch (or of the global batch under DDP).
+
+    ``scores`` ``[B, M]``; ``valid`` ``[B, M]`` bool: a real passage that is not a second copy of one of the
+    query's own candidates (the same passage id in another query's list); ``own`` ``[B, N]`` int64: the column
+    of each of the query's own candidates (aligned with ``LossInputs.student``).
+    """
+
+    scores: Tensor
+    valid: Tensor
+    own: Tensor
 
 
 class LossInputs:
@@ -43,13 +62,23 @@ class LossInputs:
         in_batch_label_loss: computes the one-hot CE over the in-batch passages (every query against
             every candidate of the batch, or of the global batch under DDP).
         teacher: computes the ``[B, N]`` teacher scores aligned with ``student``.
+        in_batch_scores: computes the :class:`InBatchScores` (for in-batch distillation); None where the model
+            has no in-batch passages (a cross-encoder).
     """
 
     def __init__(self, student: Tensor, labels: Tensor, mask: Tensor, in_batch_label_loss: Callable[[], Tensor],
-                 teacher: Callable[[], Tensor]) -> None:
+                 teacher: Callable[[], Tensor], in_batch_scores: Callable[[], InBatchScores] | None = None) -> None:
         self.student, self.labels, self.mask = student, labels, mask
-        self._in_batch, self._teacher = in_batch_label_loss, teacher
-        self._cache: dict[str, Tensor] = {}
+        self._in_batch, self._teacher, self._in_batch_scores = in_batch_label_loss, teacher, in_batch_scores
+        self._cache: dict[str, Any] = {}
+
+    def in_batch_scores(self) -> InBatchScores:
+        if self._in_batch_scores is None:
+            raise ValueError("this model has no in-batch passages: in-batch distillation (kl_in_batch) needs a "
+                             "dual encoder")
+        if "in_batch_scores" not in self._cache:
+            self._cache["in_batch_scores"] = self._in_batch_scores()
+        return self._cache["in_batch_scores"]
 
     def in_batch_label_loss(self) -> Tensor:
         if "in_batch" not in self._cache:
@@ -146,13 +175,45 @@ class DistillationLoss(LossTerm):
         return self._kernel(inputs.student, inputs.teacher(), inputs.labels, inputs.mask, **self._kwargs)
 
 
+class InBatchDistillationLoss(LossTerm):
+    """Softmax distillation over every passage of the batch (:func:`rankers.losses.in_batch_softmax_kl`): the
+    student's softmax runs over the in-batch passages, as the in-batch label loss's does, and its target is the
+    teacher's softmax over the query's own candidates (zero mass on the other queries' passages) instead of
+    the one-hot label. The student gets the in-batch negatives that keep its full-retrieval geometry without
+    the labels' false negatives and slips. Flat name: ``distillation_loss: kl_in_batch``.
+
+    Args:
+        weight: the term's factor.
+        temperature: both score lists divided by T, the loss times T² (Hinton et al., 2015).
+    """
+
+    counts = "distill"
+    log_name = "distill_loss"
+    needs_teacher = True
+
+    def __init__(self, weight: float = 1.0, temperature: float = 1.0) -> None:
+        super().__init__(weight)
+        self.temperature = float(temperature)
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        in_batch = inputs.in_batch_scores()
+        teacher = inputs.teacher().to(in_batch.scores.dtype)
+        own, mask = in_batch.own.to(in_batch.scores.device), inputs.mask.to(in_batch.scores.device)
+        targets = torch.zeros_like(in_batch.scores).scatter(1, own, teacher.where(mask, teacher.new_zeros(())))
+        support = torch.zeros_like(in_batch.valid).scatter(1, own, mask)
+        return in_batch_softmax_kl(in_batch.scores, targets, support, in_batch.valid, temperature=self.temperature)
+
+
 def losses_from(label_weight: float, distillation_loss: str | None, distillation_temperature: float = 1.0,
                 in_batch_negatives: bool = True) -> list[LossTerm]:
     """The term list of the flat arguments (``label_weight``, ``distillation_loss``, ...) models also accept:
-    a label term when ``label_weight > 0``, a distillation term when ``distillation_loss`` is set."""
+    a label term when ``label_weight > 0``, a distillation term when ``distillation_loss`` is set
+    (``kl_in_batch``: :class:`InBatchDistillationLoss`; any other name: :class:`DistillationLoss`)."""
     terms: list[LossTerm] = []
     if label_weight > 0:
         terms.append(LabelLoss(weight=label_weight, in_batch=in_batch_negatives))
-    if distillation_loss:
+    if distillation_loss == IN_BATCH_KL:
+        terms.append(InBatchDistillationLoss(temperature=distillation_temperature))
+    elif distillation_loss:
         terms.append(DistillationLoss(distillation_loss, temperature=distillation_temperature))
     return terms

@@ -16,7 +16,9 @@ Training loss (per batch of B queries, each with N candidates: its positive and 
 * ``s_own`` / ``t`` -- student / teacher scores of the query's own N candidates; teacher scores come
   from the batch (offline: a score file the CA's ``predict`` wrote) or from a frozen CA teacher
   loaded from ``teacher_checkpoint`` that scores every batch under ``no_grad`` (online);
-* ``L_distill`` -- one of :data:`rankers.losses.DISTILLATION_LOSSES` (``m3se`` is the paper's).
+* ``L_distill`` -- one of :data:`rankers.losses.DISTILLATION_LOSSES` (``m3se`` is the paper's) over the
+  query's own candidates, or ``kl_in_batch`` (:class:`rankers.losses.InBatchDistillationLoss`): the student's
+  softmax over ``S_inbatch`` against the teacher's softmax over the own candidates (zero mass elsewhere).
 
 Label training alone (Menon et al.'s "DE on labels") is ``distillation_loss=None, label_weight=1`` (or
 ``losses=[LabelLoss()]``); the flat arguments are shorthand for the term list (:func:`rankers.losses.losses_from`).
@@ -42,7 +44,7 @@ from rankers.models.collate import DualCollator
 from rankers.models.grad_cache import cached_embeddings
 from rankers.models.length_buckets import forward_by_length
 from rankers.losses import one_hot_ce
-from rankers.losses.terms import LossInputs, LossTerm, losses_from
+from rankers.losses.terms import InBatchScores, LossInputs, LossTerm, losses_from
 from rankers.models.module import RankerModule
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,8 @@ class DualEncoderRanker(RankerModule):
         gather_negatives: under DDP (world size > 1, training), use every rank's candidates as in-batch
             negatives (all-gathered, gradients flowing back to each rank), not only the local batch's.
         label_weight: weight of the one-hot (label) loss.
-        distillation_loss: name in ``rankers.losses.DISTILLATION_LOSSES`` or None for label training.
+        distillation_loss: name in ``rankers.losses.DISTILLATION_LOSSES``, ``"kl_in_batch"`` (the KL over the
+            in-batch passages, :class:`rankers.losses.InBatchDistillationLoss`) or None for label training.
         distillation_temperature: temperature of the softmax-based distillation losses (kl, softmax_ce).
         losses: the loss as a weighted list of terms (:class:`rankers.losses.LabelLoss`,
             :class:`rankers.losses.DistillationLoss`, ...); when given it replaces ``label_weight``,
@@ -268,6 +271,14 @@ class DualEncoderRanker(RankerModule):
             scores = q @ p.T / self.temperature  # [B, B*N]
             in_batch_labels = batch.in_batch_labels.to(scores.device)
             return one_hot_ce(scores, None, in_batch_labels, mask.reshape(1, -1).expand(bsz, -1))
+        scores, keys, valid, _ = self._gathered_scores(q, p, batch)
+        labels = distributed.key_labels(batch.positive_keys.to(p.device), batch.positive_mask.to(p.device),
+                                        keys, valid)
+        return one_hot_ce(scores, None, labels, valid.view(1, -1).expand(bsz, -1))
+
+    def _gathered_scores(self, q: torch.Tensor, p: torch.Tensor, batch: ListwiseBatch):
+        """Local queries against every rank's passages: scores ``[B, W*rows]``, the gathered passage keys and
+        validity ``[W*rows]``, and the column where this rank's passages start."""
         if batch.passage_keys is None:
             raise ValueError("gathering in-batch negatives across ranks needs the batch's id keys: build "
                              "batches with DualEncoderRanker.collator() (a KeyedDualCollator)")
@@ -275,11 +286,30 @@ class DualEncoderRanker(RankerModule):
         rows = distributed.max_rows(p.shape[0], device)
         passages = distributed.all_gather_rows(p, rows, with_grad=True)  # [W*rows, d]
         keys = distributed.all_gather_rows(batch.passage_keys.reshape(-1).to(device), rows)
-        valid = distributed.all_gather_rows(mask.reshape(-1).to(device), rows)  # padding rows are False
-        scores = q @ passages.T / self.temperature  # [B, W*rows]
-        labels = distributed.key_labels(batch.positive_keys.to(device), batch.positive_mask.to(device),
-                                        keys, valid)
-        return one_hot_ce(scores, None, labels, valid.view(1, -1).expand(bsz, -1))
+        valid = distributed.all_gather_rows(batch.mask.reshape(-1).to(device), rows)  # padding rows are False
+        return q @ passages.T / self.temperature, keys, valid, distributed.rank() * rows
+
+    def _in_batch_scores(self, q: torch.Tensor, p: torch.Tensor, batch: ListwiseBatch) -> InBatchScores:
+        """Each local query against the in-batch passages (every rank's when gathering), for in-batch
+        distillation; a second copy of one of the query's own candidates elsewhere in the batch is masked
+        out (it would otherwise be a zero-target twin of a passage the teacher scored)."""
+        mask = batch.mask
+        bsz, width = mask.shape
+        device = p.device
+        own_keys = batch.passage_keys
+        if own_keys is None:  # a plain DualCollator batch: keys from the ids
+            own_keys = torch.zeros(bsz, width, dtype=torch.long)
+            for i, ids in enumerate(batch.passage_ids):
+                own_keys[i, : len(ids)] = distributed.id_keys(ids)
+        own_keys = own_keys.to(device)
+        if self._gathers():
+            scores, keys, valid, start = self._gathered_scores(q, p, batch)
+        else:
+            scores, keys, valid, start = q @ p.T / self.temperature, own_keys.reshape(-1), mask.reshape(-1).to(device), 0
+        own = start + torch.arange(bsz * width, device=device).view(bsz, width)
+        copies = ((keys.view(1, 1, -1) == own_keys.unsqueeze(-1)) & mask.to(device).unsqueeze(-1)).any(dim=1)
+        copies.scatter_(1, own, False)
+        return InBatchScores(scores, valid.view(1, -1) & ~copies, own)
 
     def _rank_weights(self, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Weights of the label and distillation terms that make DDP's gradient average exact (ones otherwise).
@@ -320,7 +350,8 @@ class DualEncoderRanker(RankerModule):
         rank_weight = dict(zip(("label", "distill"), self._rank_weights(labels.to(mask.device), mask)))
         # teacher scores are the query's own N candidates, aligned with ``own`` (never gathered)
         inputs = LossInputs(own, labels, mask, in_batch_label_loss=lambda: self._in_batch_label_loss(q, p, batch),
-                            teacher=lambda: self.teacher_scores(batch))
+                            teacher=lambda: self.teacher_scores(batch),
+                            in_batch_scores=lambda: self._in_batch_scores(q, p, batch))
         parts: dict[str, torch.Tensor] = {}
         loss = own.new_zeros(())
         for term in self.losses:
