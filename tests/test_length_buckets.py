@@ -38,6 +38,23 @@ def test_left_padding_and_small_batches_run_as_one_batch():
     assert calls == [torch.Size([4, 4]), torch.Size([2, 4])]
 
 
+def test_a_batch_with_little_padding_runs_as_one_batch():
+    from rankers.models import length_buckets
+
+    calls = []
+    record = lambda x: calls.append(x["input_ids"].shape) or x["input_ids"].sum(-1)  # noqa: E731
+    nearly_full = _inputs([20, 20, 20, 20, 20, 20, 20, 19], 20)  # buckets would remove 1 of 160 tokens
+    out = forward_by_length(record, nearly_full, 4)
+    assert calls == [torch.Size([8, 20])] and torch.equal(out, nearly_full["input_ids"].sum(-1))
+    calls.clear()
+    lengths = [20, 20, 20, 20, 20, 20, 16, 16]  # 4 buckets: widths 16, 20, 20, 20: 8 of 160 tokens = 5% saved
+    forward_by_length(record, _inputs(lengths, 20), 4)
+    assert length_buckets.MIN_SAVING > 0.05 and len(calls) == 1
+    calls.clear()
+    forward_by_length(record, _inputs([20, 20, 20, 20, 20, 20, 4, 4], 20), 4)  # 32 of 160 = 20% saved
+    assert [c[1] for c in calls] == [4, 20, 20, 20]
+
+
 TEXTS = ["the red box has a blue lid", "a cat", "the dog chased the cat behind the green lamp under the old chair",
          "the cup is behind the lamp", "owl", "the kettle has a silver spout and the bag has a pink strap", "a b c",
          "nobody said a word"]
