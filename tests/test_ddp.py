@@ -43,8 +43,9 @@ LOSS_RUNS = {  # name -> DualEncoderRanker overrides
     "label_gathered": {},
     "label_local": {"gather_negatives": False},
     "label_and_m3se": {"label_weight": 0.5, "distillation_loss": "m3se"},
-    # KL over the gathered in-batch passages (teacher mass on each query's own candidates only)
-    "kl_in_batch": {"label_weight": 0.0, "distillation_loss": "kl_in_batch"},
+    # KL over the gathered in-batch passages (teacher mass on each query's own candidates only), mixed with the
+    # in-batch label term: both terms share the one gathered score matrix
+    "kl_in_batch": {"label_weight": 0.5, "distillation_loss": "kl_in_batch"},
     # gradient caching (2 texts per chunk) under DDP: gathered in-batch negatives, re-encoding in backward
     "grad_cache": {"label_weight": 0.5, "distillation_loss": "m3se", "grad_cache_chunk_size": 2},
 }

@@ -262,52 +262,52 @@ class DualEncoderRanker(RankerModule):
         """Gather in-batch negatives across ranks: training under DDP with ``gather_negatives``."""
         return self.training and self.gather_negatives and distributed.world_size() > 1
 
-    def _in_batch_label_loss(self, q: torch.Tensor, p: torch.Tensor, batch: ListwiseBatch) -> torch.Tensor:
-        """One-hot CE of each local query over the in-batch passages: the local batch's or, when gathering,
-        every rank's (the label matrix is then rebuilt from id keys against the gathered passages)."""
-        mask = batch.mask
-        bsz = mask.shape[0]
+    def _in_batch_columns(self, q: torch.Tensor, p: torch.Tensor, batch: ListwiseBatch):
+        """Each local query against the in-batch passages -- the local batch's or, when gathering, every rank's
+        (one all-gather with gradients): scores ``[B, M]``, the passages' id keys ``[M]`` (None for a local batch
+        without keys), their validity ``[M]``, and the column where this rank's passages start. Computed once
+        per step and shared by the loss terms that need it."""
+        device = p.device
         if not self._gathers():
-            scores = q @ p.T / self.temperature  # [B, B*N]
-            in_batch_labels = batch.in_batch_labels.to(scores.device)
-            return one_hot_ce(scores, None, in_batch_labels, mask.reshape(1, -1).expand(bsz, -1))
-        scores, keys, valid, _ = self._gathered_scores(q, p, batch)
-        labels = distributed.key_labels(batch.positive_keys.to(p.device), batch.positive_mask.to(p.device),
-                                        keys, valid)
-        return one_hot_ce(scores, None, labels, valid.view(1, -1).expand(bsz, -1))
-
-    def _gathered_scores(self, q: torch.Tensor, p: torch.Tensor, batch: ListwiseBatch):
-        """Local queries against every rank's passages: scores ``[B, W*rows]``, the gathered passage keys and
-        validity ``[W*rows]``, and the column where this rank's passages start."""
+            keys = None if batch.passage_keys is None else batch.passage_keys.reshape(-1).to(device)
+            return q @ p.T / self.temperature, keys, batch.mask.reshape(-1).to(device), 0
         if batch.passage_keys is None:
             raise ValueError("gathering in-batch negatives across ranks needs the batch's id keys: build "
                              "batches with DualEncoderRanker.collator() (a KeyedDualCollator)")
-        device = p.device
         rows = distributed.max_rows(p.shape[0], device)
         passages = distributed.all_gather_rows(p, rows, with_grad=True)  # [W*rows, d]
         keys = distributed.all_gather_rows(batch.passage_keys.reshape(-1).to(device), rows)
         valid = distributed.all_gather_rows(batch.mask.reshape(-1).to(device), rows)  # padding rows are False
         return q @ passages.T / self.temperature, keys, valid, distributed.rank() * rows
 
-    def _in_batch_scores(self, q: torch.Tensor, p: torch.Tensor, batch: ListwiseBatch) -> InBatchScores:
-        """Each local query against the in-batch passages (every rank's when gathering), for in-batch
-        distillation; a second copy of one of the query's own candidates elsewhere in the batch is masked
-        out (it would otherwise be a zero-target twin of a passage the teacher scored)."""
-        mask = batch.mask
+    def _in_batch_label_loss(self, columns, batch: ListwiseBatch) -> torch.Tensor:
+        """One-hot CE of each local query over the in-batch passages (``columns``); when gathering, the label
+        matrix is rebuilt from id keys against the gathered passages."""
+        scores, keys, valid, _ = columns
+        bsz = batch.mask.shape[0]
+        if not self._gathers():
+            labels = batch.in_batch_labels.to(scores.device)
+        else:
+            labels = distributed.key_labels(batch.positive_keys.to(scores.device),
+                                            batch.positive_mask.to(scores.device), keys, valid)
+        return one_hot_ce(scores, None, labels, valid.view(1, -1).expand(bsz, -1))
+
+    def _in_batch_scores(self, columns, batch: ListwiseBatch) -> InBatchScores:
+        """The in-batch passages (``columns``) for in-batch distillation; a second copy of one of the query's
+        own candidates elsewhere in the batch is masked out (it would otherwise be a zero-target twin of a
+        passage the teacher scored)."""
+        scores, keys, valid, start = columns
+        mask = batch.mask.to(scores.device)
         bsz, width = mask.shape
-        device = p.device
         own_keys = batch.passage_keys
-        if own_keys is None:  # a plain DualCollator batch: keys from the ids
+        if own_keys is None:  # a plain DualCollator batch (never gathered): keys from the ids
             own_keys = torch.zeros(bsz, width, dtype=torch.long)
             for i, ids in enumerate(batch.passage_ids):
                 own_keys[i, : len(ids)] = distributed.id_keys(ids)
-        own_keys = own_keys.to(device)
-        if self._gathers():
-            scores, keys, valid, start = self._gathered_scores(q, p, batch)
-        else:
-            scores, keys, valid, start = q @ p.T / self.temperature, own_keys.reshape(-1), mask.reshape(-1).to(device), 0
-        own = start + torch.arange(bsz * width, device=device).view(bsz, width)
-        copies = ((keys.view(1, 1, -1) == own_keys.unsqueeze(-1)) & mask.to(device).unsqueeze(-1)).any(dim=1)
+        own_keys = own_keys.to(scores.device)
+        keys = own_keys.reshape(-1) if keys is None else keys
+        own = start + torch.arange(bsz * width, device=scores.device).view(bsz, width)
+        copies = ((keys.view(1, 1, -1) == own_keys.unsqueeze(-1)) & mask.unsqueeze(-1)).any(dim=1)
         copies.scatter_(1, own, False)
         return InBatchScores(scores, valid.view(1, -1) & ~copies, own)
 
@@ -349,9 +349,17 @@ class DualEncoderRanker(RankerModule):
         own = torch.einsum("bd,bnd->bn", q, p.view(bsz, width, -1)) / self.temperature
         rank_weight = dict(zip(("label", "distill"), self._rank_weights(labels.to(mask.device), mask)))
         # teacher scores are the query's own N candidates, aligned with ``own`` (never gathered)
-        inputs = LossInputs(own, labels, mask, in_batch_label_loss=lambda: self._in_batch_label_loss(q, p, batch),
+        columns: list = []  # the in-batch scores, computed (and under DDP gathered) once for every term
+
+        def in_batch_columns():
+            if not columns:
+                columns.append(self._in_batch_columns(q, p, batch))
+            return columns[0]
+
+        inputs = LossInputs(own, labels, mask,
+                            in_batch_label_loss=lambda: self._in_batch_label_loss(in_batch_columns(), batch),
                             teacher=lambda: self.teacher_scores(batch),
-                            in_batch_scores=lambda: self._in_batch_scores(q, p, batch))
+                            in_batch_scores=lambda: self._in_batch_scores(in_batch_columns(), batch))
         parts: dict[str, torch.Tensor] = {}
         loss = own.new_zeros(())
         for term in self.losses:
