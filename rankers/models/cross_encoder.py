@@ -70,7 +70,7 @@ class CrossAttentionRanker(RankerModule):
         warmup_ratio: float = 0.1,
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
-        length_buckets: int = 4,
+        length_buckets: int = 2,
         pooling: Literal["cls", "segments"] = "cls",
         segment_temperature: float = 0.05,
     ) -> None:

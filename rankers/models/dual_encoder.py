@@ -148,7 +148,7 @@ class DualEncoderRanker(RankerModule):
         warmup_ratio: float = 0.1,
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
-        length_buckets: int = 4,
+        length_buckets: int = 2,
         grad_cache_chunk_size: int | None = None,
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio)
