@@ -106,7 +106,8 @@ def test_reproduce_on_an_irds_id(tmp_path):
                     "--val_split", "test", "--teacher_backbone", "tiny", "--student_backbone", "tiny",
                     "--teacher_epochs", "1", "--student_epochs", "1", "--losses", "kl", "--capacity_dims", "",
                     "--negative_window", "0,10", "--eval_depth", "5", "--train_subset", "2", "--similarity", "dot",
-                    "--temperature", "1", "--max_train_queries", "0", "--accelerator", "cpu", "--precision", "32-true"])
+                    "--temperature", "1", "--max_train_queries", "0", "--accelerator", "cpu", "--precision", "32-true",
+                    "--isolate_stages", "false"])  # the registered dataset exists in this process only
     models = {row["model"] for row in payload["rows"]}
     assert {"BM25 candidates", "CA teacher", "DE labels", "DE kl"} <= models
     assert f"Dataset: irds:{ident}" in (tmp_path / "out" / "paper_table.md").read_text()

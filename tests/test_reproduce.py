@@ -7,10 +7,11 @@ import pytest
 
 from rankers.commands.reproduce import gap_closed, make_table
 
-# the tiny random BERT for both models (training in tests stays tiny), at the rates it learns with
+# the tiny random BERT for both models (training in tests stays tiny), at the rates it learns with; the stages
+# in this process (a spawned stage process costs seconds of imports), except in the test of the isolated stages
 TINY = ["--teacher_backbone", "tiny", "--student_backbone", "tiny", "--student_num_layers", "0",
         "--teacher_lr", "1e-3", "--teacher_head_lr", "1e-3", "--student_lr", "5e-4", "--similarity", "dot",
-        "--temperature", "1", "--max_train_queries", "0"]
+        "--temperature", "1", "--max_train_queries", "0", "--isolate_stages", "false"]
 
 
 def test_gap_closed_formula():
@@ -111,6 +112,30 @@ def test_reproduce_tiny(tmp_path):
     assert list((out / "de_labels" / "plots").glob("scores_epoch*.png"))
     assert (out / "de_m3se" / "plots" / "gap.png").exists()
     assert list((out / "de_m3se" / "runs").glob("test-retrieval-*.trec"))
+
+
+def test_isolated_stages_give_the_table_of_one_process(tmp_path):
+    """The default on one device: every stage in a fresh spawned process; the same table as in this process,
+    and an error inside a stage still reaches the caller as itself."""
+    from rankers.cli import main
+
+    common = ["--embedded_scale", "0.05", "--teacher_epochs", "1", "--student_epochs", "1", "--losses", "kl",
+              "--max_eval_queries", "10", "--train_subset", "10", "--eval_depth", "20", "--negative_window", "0,20",
+              "--capacity_dims", "2", "--accelerator", "cpu", "--precision", "32-true", *TINY[:-2]]
+    here = main(["reproduce", "--output_dir", str(tmp_path / "here"), *common, "--isolate_stages", "false"])
+    isolated = main(["reproduce", "--output_dir", str(tmp_path / "isolated"), *common])
+    assert isolated["args"]["isolate_stages"] is True
+    assert len(isolated["rows"]) == len(here["rows"]) == 6
+    for a, b in zip(isolated["rows"], here["rows"]):
+        assert (a["model"], a["eval"]) == (b["model"], b["eval"])
+        assert a["mrr@10"] == pytest.approx(b["mrr@10"], abs=1e-6) and a["ndcg@10"] == pytest.approx(b["ndcg@10"], abs=1e-6)
+    assert (tmp_path / "isolated" / "ca_teacher" / "teacher_scores.trec").read_text() == \
+        (tmp_path / "here" / "ca_teacher" / "teacher_scores.trec").read_text()
+    assert (tmp_path / "isolated" / "capacity" / "capacity.md").exists()
+    from datamodules.readers.errors import UnknownDatasetError
+
+    with pytest.raises(UnknownDatasetError, match="nowhere: could not load the dataset"):  # in the teacher's process
+        main(["reproduce", "--output_dir", str(tmp_path / "bad"), *common, "--dataset", str(tmp_path / "nowhere")])
 
 
 def test_reproduce_reuses_a_teacher_checkpoint(tmp_path):

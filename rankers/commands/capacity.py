@@ -6,23 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datamodules.formats import read_qrels, read_teacher_scores
+from rankers.commands.parsing import parse_dims
 from rankers.evaluation import capacity as probe
 from rankers.evaluation.capacity import METHODS, capacity_probe, markdown_table, sample_queries, write_report
 
 __all__ = ["build_parser", "main", "parse_dims", "run"]
-
-
-def parse_dims(text: str | list[int]) -> list[int]:
-    """``'8,16,32'`` -> ``[8, 16, 32]`` (sorted, unique); anything but positive integers is an argument
-    error. A list (a YAML config's value, or a value parsed before) is checked the same way."""
-    try:
-        parts = text if isinstance(text, list) else text.split(",")
-        values = [int(part) for part in parts if str(part).strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return sorted(set(values))
 
 
 def _methods(text: str | list[str]) -> list[str]:

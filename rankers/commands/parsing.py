@@ -26,3 +26,16 @@ def command_parser(command: str, description: str | None) -> ArgumentParser:
                             formatter_class=_HelpFormatter, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the options below")
     return parser
+
+
+def parse_dims(text: str | list[int]) -> list[int]:
+    """``'8,16,32'`` -> ``[8, 16, 32]`` (sorted, unique); anything but positive integers is an argument
+    error. A list (a YAML config's value, or a value parsed before) is checked the same way."""
+    try:
+        parts = text if isinstance(text, list) else text.split(",")
+        values = [int(part) for part in parts if str(part).strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return sorted(set(values))

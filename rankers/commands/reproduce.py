@@ -1,4 +1,4 @@
-"""``python -m rankers reproduce``: the paper's loop end to end, in one process.
+"""``python -m rankers reproduce``: the paper's loop end to end.
 
 1. train the cross-attention (CA) teacher on labels (listwise CE over BM25-mined hard negatives);
 2. score every training query's positives and negative pool with the best teacher checkpoint
@@ -10,7 +10,12 @@
 5. write ``paper_table.md`` / ``paper_table.json`` with the share of the CA−DE gap each distilled DE
    closes: ``(DE_distill − DE_labels) / (CA − DE_labels)`` on the re-rank MRR@10.
 
-Every stage is the same LightningModule / DataModule / callback code the config files run.
+Every stage is the same LightningModule / DataModule / callback code the config files run. On one device
+each stage (a teacher, the capacity probe, each student) runs in a fresh process of its own
+(``--isolate_stages``, on by default): a stage's freed heap is not always handed back to the OS, so in
+one process the students ran on top of what the teacher's training left behind (peak RSS 3.5 GB on the
+embedded default against 2.8 GB for the largest stage alone, bench/RESULTS.md §4). Results come back
+pickled; the table is written by this process, which imports no model.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ TABLE_METRICS = ("mrr@10", "ndcg@10", "recall@100")
 
 def _capacity_dims(text: str | list[int]) -> list[int]:
     """``--capacity_dims``: '' (skip the probe) or what ``rankers capacity --dims`` takes, checked before any training."""
-    from rankers.commands.capacity import parse_dims
+    from rankers.commands.parsing import parse_dims  # light: the main process imports no torch
 
     if isinstance(text, list):
         return parse_dims(text) if text else []
@@ -131,6 +136,10 @@ def build_parser():
            "rankers.precision's probe), else 32-true; or any Lightning precision")
     a("--num_workers", type=int, default=0)
     a("--seed", type=int, default=d["seed"], help="(configs/de_distill.yaml seed_everything)")
+    a("--isolate_stages", type=bool, default=True,
+      help="run each stage (teacher, capacity probe, each student) in a fresh process, so peak memory is the "
+           "largest stage's, not their sum; only with one device (with more, Lightning's DDP launcher re-runs "
+           "the command, and the stages share one process); false: everything in this process")
     a("--wandb", action="store_true", help="log to W&B (offline when no key / network)")
     return p
 
@@ -369,13 +378,80 @@ def student_init_args(args, loss: str | None) -> dict[str, Any]:
     return kw
 
 
-def run(args) -> dict[str, Any]:
+def _isolated(args) -> bool:
+    """Stages in fresh processes: asked for, and one device (see ``--isolate_stages``)."""
+    return bool(getattr(args, "isolate_stages", False)) and str(args.devices).strip() == "1"
+
+
+def _stage_process_setup() -> None:
+    """A stage process logs and silences warnings as the command's own process does."""
+    from rankers.cli import setup_logging
+    from rankers.commands.console import silence_known_noise
+
+    setup_logging()
+    silence_known_noise()
+
+
+def _stage(args, fn, *params):
+    """``fn(args, *params)``: in a fresh (spawned) process when :func:`_isolated`, else here, then the freed
+    memory handed back. An exception in the stage is raised here, as if the stage had run in this process."""
+    if not _isolated(args):
+        try:
+            return fn(args, *params)
+        finally:
+            release_memory()
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_stage_process_setup) as pool:
+        return pool.submit(fn, args, *params).result()
+
+
+def _teacher_stage(args, name: str, root: Path, fold, scores_file: Path, with_test_facts: bool) -> dict[str, Any]:
+    """Train (or test a given checkpoint of) one CA teacher, then write its scores of the training candidates
+    with its best checkpoint; with ``with_test_facts`` also the BM25 row and the test judgments of the table."""
     import lightning.pytorch as pl
 
     from callbacks.teacher_scores import TeacherScoreWriter
     from rankers.models.cross_encoder import CrossAttentionRanker
+
+    pl.seed_everything(args.seed, workers=True)
+    dm = _datamodule(args, num_negatives=args.teacher_num_negatives, cross_fit=fold)
+    ca = CrossAttentionRanker(**teacher_init_args(args))
+    if args.teacher_checkpoint:
+        result = _test_only(args, ca, dm, root, args.teacher_checkpoint)
+    else:
+        result = _fit_and_test(args, name, ca, dm, root, args.teacher_epochs,
+                               val_every=args.teacher_val_every or args.teacher_epochs)
+    writer = TeacherScoreWriter(str(scores_file))
+    predictor = _trainer(args, root / "predict", 1, [writer], monitor=False)
+    predictor.predict(ca, datamodule=dm, ckpt_path=result["_meta"]["best_checkpoint"], return_predictions=False)
+    if with_test_facts:
+        result["_test_facts"] = {"bm25": bm25_baseline(dm),
+                                 "qrels": {q: dict(r) for q, r in dm.eval_sets["test"].qrels.items()}}
+    return result
+
+
+def _capacity_stage(args, scores_path: Path, out: Path) -> list[dict]:
+    from rankers.commands.capacity import run as capacity
+
+    return capacity(scores_path, args.capacity_dims, max_queries=1000, seed=args.seed, output_dir=out / "capacity")
+
+
+def _student_stage(args, name: str, loss: str | None, dm_kw: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Train and test one DE student from the shared initialisation."""
+    import lightning.pytorch as pl
+
     from rankers.models.dual_encoder import DualEncoderRanker
 
+    pl.seed_everything(args.seed, workers=True)
+    de = DualEncoderRanker(**student_init_args(args, loss))
+    return _fit_and_test(args, name, de, _datamodule(args, **dm_kw), root, args.student_epochs,
+                         refresh_every=args.refresh_every)
+
+
+def run(args) -> dict[str, Any]:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     losses = [x.strip() for x in args.losses.split(",") if x.strip()]
@@ -402,37 +478,24 @@ def run(args) -> dict[str, Any]:
     folds = [None] if args.teacher_folds <= 1 else [(k, args.teacher_folds) for k in range(args.teacher_folds)]
     fold_scores: list[Path] = []
     teachers: dict[str, Any] = {}
+    test_facts: dict[str, Any] = {}
     for fold in folds:
         name, root = ("CA teacher", out / "ca_teacher") if fold is None else \
             (f"CA teacher fold {fold[0]}", out / f"ca_teacher_fold{fold[0]}")
-        pl.seed_everything(args.seed, workers=True)
-        dm = _datamodule(args, num_negatives=args.teacher_num_negatives, cross_fit=fold)
-        ca = CrossAttentionRanker(**teacher_init_args(args))
-        if args.teacher_checkpoint:
-            teachers[name] = _test_only(args, ca, dm, root, args.teacher_checkpoint)
-        else:
-            teachers[name] = _fit_and_test(args, name, ca, dm, root, args.teacher_epochs,
-                                           val_every=args.teacher_val_every or args.teacher_epochs)
-        # 2. teacher scores with the best teacher checkpoint (with folds: of the held-out fold only)
+        # 2. with it, teacher scores from the best teacher checkpoint (with folds: of the held-out fold only)
         fold_scores.append(root / "teacher_scores.trec")
-        writer = TeacherScoreWriter(str(fold_scores[-1]))
-        predictor = _trainer(args, root / "predict", 1, [writer], monitor=False)
-        predictor.predict(ca, datamodule=dm, ckpt_path=teachers[name]["_meta"]["best_checkpoint"],
-                          return_predictions=False)
-        del ca, predictor, writer
-        release_memory()
+        teachers[name] = _stage(args, _teacher_stage, name, root, fold, fold_scores[-1], not test_facts)
+        test_facts = test_facts or teachers[name].pop("_test_facts")
+    test_qrels = test_facts["qrels"]
     if args.teacher_scores:  # the students distil from the given file (the teacher's own scores stay beside it)
         scores_path = Path(args.teacher_scores)
     if len(folds) > 1:
         merge_runs(fold_scores, scores_path)
-        results["CA teacher"] = teacher_ensemble(list(teachers.values()), dm.eval_sets["test"].qrels)
+        results["CA teacher"] = teacher_ensemble(list(teachers.values()), test_qrels)
     else:
         results["CA teacher"] = teachers["CA teacher"]
     if args.capacity_dims:  # the paper's first claim, on this teacher's scores
-        from rankers.commands.capacity import run as capacity
-
-        capacity_rows = capacity(scores_path, args.capacity_dims, max_queries=1000, seed=args.seed,
-                                 output_dir=out / "capacity")
+        capacity_rows = _stage(args, _capacity_stage, scores_path, out)
 
     # 3. students from the same initialisation
     mining: dict[str, Any] = {}
@@ -445,16 +508,10 @@ def run(args) -> dict[str, Any]:
         teacher_data = {}
     students = [("DE labels", None, dict(mining))] + [(f"DE {loss}", loss, {**mining, **teacher_data}) for loss in losses]
     for name, loss, dm_kw in students:
-        pl.seed_everything(args.seed, workers=True)
-        de = DualEncoderRanker(**student_init_args(args, loss))
-        slug = name.lower().replace(" ", "_")
-        results[name] = _fit_and_test(args, name, de, _datamodule(args, **dm_kw), out / slug, args.student_epochs,
-                                      refresh_every=args.refresh_every)
-        del de
-        release_memory()
+        results[name] = _stage(args, _student_stage, name, loss, dm_kw, out / name.lower().replace(" ", "_"))
 
     # 4. table
-    rows = [{"model": "BM25 candidates", "eval": "candidate order", **bm25_baseline(dm)}]
+    rows = [{"model": "BM25 candidates", "eval": "candidate order", **test_facts["bm25"]}]
     ca_mrr = results["CA teacher"]["test/rerank"]["mrr@10"]
     labels = {mode: results["DE labels"].get(f"test/{mode}", {}).get("mrr@10") for mode in ("rerank", "retrieval")}
     for name, res in results.items():
@@ -476,7 +533,7 @@ def run(args) -> dict[str, Any]:
                 gap_lines.append(f"| {name} | {mode} | {g['train_subset']:.4f} | {g['val']:.4f} | "
                                  f"{g['train_subset'] - g['val']:+.4f} |")
     table += "\n".join(gap_lines)
-    significance = paired_significance(results, dm.eval_sets["test"].qrels)
+    significance = paired_significance(results, test_qrels)
     if significance:
         from rankers.evaluation.significance import significance_markdown
 
